@@ -1,0 +1,6 @@
+"""Draft strategies: one small class each."""
+
+from mmaccel.drafters.base import Draft, DraftContext, Drafter, NoDraft
+from mmaccel.drafters.jacobi import INITS, JacobiDrafter
+
+__all__ = ["INITS", "Draft", "DraftContext", "Drafter", "JacobiDrafter", "NoDraft"]

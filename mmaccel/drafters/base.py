@@ -1,0 +1,61 @@
+"""The drafter interface and the context the engine hands it.
+
+A drafter proposes ``window`` tokens for positions P+1 .. P+K after the pending token at P,
+together with the distribution q each was drawn from (one-hot for deterministic drafts).
+After the verify step it receives the target's distributions and the acceptance, and
+proposes the next window, which starts right after the new pending token.
+
+Nothing here syncs with the host.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from mmaccel.acceptors.base import Acceptance
+
+
+@dataclass
+class DraftContext:
+    """What a drafter may read. ``history_BN[b, :num_generated_B[b]]`` are row b's generated
+    tokens so far, the pending token last; the next window starts at index ``num_generated_B``."""
+
+    vocab_size: int
+    grid_width: int | None
+    generator: torch.Generator | None
+    history_BN: torch.Tensor
+    num_generated_B: torch.Tensor
+
+
+@dataclass
+class Draft:
+    tokens_BK: torch.Tensor  # int64 [B, K]
+    q_BKV: torch.Tensor  # float [B, K, V]: the distribution each token was drawn from
+
+
+class Drafter:
+    """Proposes blocks of ``window`` tokens. Subclasses implement ``start`` and ``update``."""
+
+    window: int = 0
+
+    def start(self, ctx: DraftContext, pending_B: torch.Tensor) -> Draft:
+        raise NotImplementedError
+
+    def update(self, ctx: DraftContext, draft: Draft, p_BTV: torch.Tensor, acc: Acceptance) -> Draft:
+        raise NotImplementedError
+
+
+class NoDraft(Drafter):
+    """No drafts: every step verifies only the pending token (plain autoregressive decoding)."""
+
+    window = 0
+
+    def start(self, ctx: DraftContext, pending_B: torch.Tensor) -> Draft:
+        B = pending_B.shape[0]
+        empty_BK = torch.zeros(B, 0, dtype=torch.long, device=pending_B.device)
+        return Draft(empty_BK, torch.zeros(B, 0, ctx.vocab_size, device=pending_B.device))
+
+    def update(self, ctx, draft, p_BTV, acc) -> Draft:
+        return draft

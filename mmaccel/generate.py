@@ -1,0 +1,245 @@
+"""``mmaccel.generate``: decode any supported model with any method through one engine.
+
+Owns: argument validation (all of it before any work starts), prompt packing (rows of
+different lengths, optional CFG doubling), prefill, the outer loop that calls the shared
+verify step until every row is done (its single host sync per iteration), and the result.
+
+Must never: decode outside ``verify_step`` or fall back silently to another method.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from mmaccel.compiled import MODES, CompiledStep
+from mmaccel.drafters import DraftContext
+from mmaccel.methods import JacobiConfig, MethodConfig, build, resolve_method
+from mmaccel.models import CausalLM, as_causal_lm
+from mmaccel.sampling import SamplingConfig, sample
+from mmaccel.verify import DecodeState, cfg_rows, target_probs, verify_step
+
+
+@dataclass
+class GenerateOutput:
+    """Result of ``generate``.
+
+    ``sequences``: the input ids followed by ``max_new_tokens`` new tokens per row (rows that
+    stop early are padded with ``pad_token_id``). ``num_forward_passes``: target forward
+    passes of the call (prefill counts as 1). ``accepted_histogram[k]``: verify steps (summed
+    over rows) that emitted k tokens.
+    """
+
+    sequences: torch.Tensor
+    new_tokens: torch.Tensor
+    num_tokens: torch.Tensor
+    num_forward_passes: int
+    forward_passes_per_row: torch.Tensor
+    accepted_histogram: list[int]
+    latency_s: float
+    method: MethodConfig
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tokens_per_forward(self) -> float:
+        """Mean tokens emitted per target forward, per row (prefill included)."""
+        return float(self.num_tokens.float().mean() / self.forward_passes_per_row.float().mean())
+
+
+def _check_ids(name: str, ids: Any, mask: Any) -> None:
+    if not isinstance(ids, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of token ids, got {type(ids).__name__}")
+    if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer token ids, got dtype {ids.dtype}")
+    if ids.dim() != 2:
+        raise ValueError(f"{name} must be 2-D [batch, length], got shape {tuple(ids.shape)}")
+    if ids.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(ids.shape)}); give at least one token per row")
+    if mask is not None:
+        if not isinstance(mask, torch.Tensor) or mask.shape != ids.shape:
+            raise ValueError(f"attention mask for {name} must be a tensor of shape {tuple(ids.shape)}")
+        if (mask.sum(1) == 0).any():
+            raise ValueError(f"attention mask for {name} leaves a row with no tokens")
+
+
+def _check_sampling(max_new_tokens, temperature, top_k, top_p, cfg_scale) -> None:
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature!r}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+    if not isinstance(top_k, int) or top_k < 0:
+        raise ValueError(f"top_k must be an integer >= 0 (0 disables it), got {top_k!r}")
+    if cfg_scale is not None and cfg_scale < 0:
+        raise ValueError(f"cfg_scale must be >= 0, got {cfg_scale!r}")
+
+
+def _pack(ids_BT: torch.Tensor, mask_BT: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move each row's real tokens to the front (order kept); return them and their counts."""
+    if mask_BT is None:
+        return ids_BT, torch.full((ids_BT.shape[0],), ids_BT.shape[1], dtype=torch.long, device=ids_BT.device)
+    real_BT = mask_BT.bool()
+    order_BT = torch.sort((~real_BT).int(), dim=1, stable=True).indices
+    return ids_BT.gather(1, order_BT), real_BT.sum(1).long()
+
+
+def _pad_cat(a_BT: torch.Tensor, b_BT: torch.Tensor) -> torch.Tensor:
+    T = max(a_BT.shape[1], b_BT.shape[1])
+    pad = lambda x: torch.nn.functional.pad(x, (0, T - x.shape[1]))
+    return torch.cat([pad(a_BT), pad(b_BT)])
+
+
+def generate(
+    model: Any,
+    input_ids: torch.Tensor,
+    method: str | MethodConfig = "ar",
+    *,
+    max_new_tokens: int = 64,
+    do_sample: bool = True,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    eos_token_id: int | None = None,
+    pad_token_id: int | None = None,
+    attention_mask: torch.Tensor | None = None,
+    cfg_scale: float | None = None,
+    uncond_input_ids: torch.Tensor | None = None,
+    uncond_attention_mask: torch.Tensor | None = None,
+    compile: str = "eager",
+    progress: bool = False,
+    **method_options: Any,
+) -> GenerateOutput:
+    """Generate ``max_new_tokens`` tokens per row of ``input_ids`` with ``method``.
+
+    Args:
+        model: a project ``CausalLM`` or a transformers causal LM (e.g. ``LlamaForCausalLM``).
+        input_ids: ``[B, T]`` integer prompt ids. Rows of different lengths: pad them (either
+            side) and pass ``attention_mask`` (1 = real token), as with transformers.
+        method: ``ar``, ``jacobi``, ``sjd``, ``sjd-coupled`` or a method config. Options such as
+            ``window=16``, ``init="random"|"horizontal"|"vertical"``, ``grid_width=`` go in
+            ``method_options``.
+        do_sample, temperature, top_k, top_p: the target distribution (``do_sample=False``:
+            greedy; lossless methods then return exactly the greedy tokens).
+        seed: same seed, same method, same output; rows draw independently.
+        eos_token_id: a row stops after emitting it; later positions get ``pad_token_id``
+            (default: ``eos_token_id``, else 0).
+        cfg_scale, uncond_input_ids: classifier-free guidance on a doubled batch; the
+            unconditional rows see the same drafts and the guided logits are what is verified.
+        compile: ``eager``, ``compile`` (torch.compile of the decode forward) or ``cudagraph``.
+        progress: show a progress bar.
+
+    Raises:
+        ValueError: unknown method or option, bad sampling values, bad ``input_ids`` shape,
+            a sequence longer than the model's maximum, vertical init without a grid width.
+        TypeError: ``input_ids`` is not an integer tensor; ``model`` has no language-model head.
+    """
+    config = resolve_method(method, method_options)
+    _check_sampling(max_new_tokens, temperature, top_k, top_p, cfg_scale)
+    _check_ids("input_ids", input_ids, attention_mask)
+    if compile not in MODES:
+        raise ValueError(f"compile must be one of {', '.join(MODES)}; got {compile!r}")
+    if (cfg_scale is None) != (uncond_input_ids is None):
+        raise ValueError("classifier-free guidance needs both cfg_scale and uncond_input_ids")
+    if uncond_input_ids is not None:
+        _check_ids("uncond_input_ids", uncond_input_ids, uncond_attention_mask)
+        if uncond_input_ids.shape[0] != input_ids.shape[0]:
+            raise ValueError("uncond_input_ids must have as many rows as input_ids")
+    lm = as_causal_lm(model)
+    grid_width = getattr(config, "grid_width", None) or lm.grid_width
+    if isinstance(config, JacobiConfig) and config.init == "vertical" and grid_width is None:
+        raise ValueError(
+            f"init='vertical' copies the token one grid row up, but model family {lm.family!r} declares "
+            "no grid width; pass grid_width=... or use init='random' or 'horizontal'"
+        )
+    ids_BT, lens_B = _pack(input_ids, attention_mask)
+    if uncond_input_ids is not None:
+        u_ids, u_lens = _pack(uncond_input_ids, uncond_attention_mask)
+        ids_BT, lens_B = _pad_cat(ids_BT, u_ids), torch.cat([lens_B, u_lens])
+    longest = int(lens_B.max()) + max_new_tokens
+    if longest > lm.max_seq_len:
+        raise ValueError(
+            f"prompt ({int(lens_B.max())} tokens) + max_new_tokens ({max_new_tokens}) = {longest} exceeds the "
+            f"model's maximum sequence length {lm.max_seq_len}"
+        )
+    sampling = SamplingConfig(do_sample, temperature, top_k, top_p, cfg_scale)
+    with torch.inference_mode():
+        return _decode(lm, config, sampling, input_ids, ids_BT, lens_B, max_new_tokens, seed,
+                       eos_token_id, pad_token_id, grid_width, compile, progress)
+
+
+def _decode(lm: CausalLM, config, sampling, input_ids, ids_BT, lens_B, max_new_tokens, seed,
+            eos_token_id, pad_token_id, grid_width, compile_mode, progress) -> GenerateOutput:
+    t0 = time.perf_counter()
+    device = _device_of(lm)
+    drafter, acceptor = build(config)
+    K = drafter.window
+    B = input_ids.shape[0]
+    rows, prompt_T = ids_BT.shape
+    ids_BT, lens_B = ids_BT.to(device), lens_B.to(device)
+    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    cache = lm.new_cache(rows, prompt_T + max_new_tokens + K + 1)
+
+    # prefill: the whole (right-padded) prompt in one forward; padding is masked out by lens_B
+    slots_BT = cache.slots(prompt_T)
+    logits_BTV = lm.forward(ids_BT, slots_BT, cache, slots_BT, cache.attn_mask(prompt_T))
+    last_BV = logits_BTV.gather(1, (lens_B - 1)[:, None, None].expand(-1, 1, logits_BTV.shape[-1]))
+    first_B = sample(target_probs(last_BV, sampling)[:, 0], generator)
+    cache.rollback(lens_B.to(torch.int32))
+
+    history_BN = torch.zeros(B, max_new_tokens + K + 2, dtype=torch.long, device=device)
+    history_BN[:, 0] = first_B
+    ones_B = torch.ones(B, dtype=torch.long, device=device)
+    done_B = ones_B >= max_new_tokens
+    if eos_token_id is not None:
+        done_B |= first_B == eos_token_id
+    state = DecodeState(first_B, ones_B, done_B, ones_B.clone(), torch.zeros(K + 2, dtype=torch.long, device=device))
+    state.emitted_hist_T[1] += B
+    ctx = DraftContext(lm.vocab_size, grid_width, generator, history_BN, state.num_generated_B)
+    draft = drafter.start(ctx, first_B)
+
+    def forward_block(tokens_BT: torch.Tensor) -> torch.Tensor:
+        slots = cache.slots(tokens_BT.shape[1])
+        return lm.forward(tokens_BT, slots, cache, slots, cache.attn_mask(tokens_BT.shape[1]))
+
+    step = CompiledStep(forward_block, [(rows, K + 1)], mode=compile_mode)
+    forwards = 1
+    bar = tqdm(total=B * max_new_tokens, disable=not progress, desc=f"mmaccel {config.name}", unit="tok")
+    emitted = B
+    bar.update(emitted)
+    while True:
+        all_done, total = torch.stack([state.done_B.all().long(), state.num_generated_B.sum()]).tolist()
+        bar.update(total - emitted)
+        emitted = total
+        if all_done:
+            break
+        draft = verify_step(step, cache, drafter, acceptor, draft, state, ctx, sampling, max_new_tokens, eos_token_id)
+        forwards += 1
+    bar.close()
+
+    pad = pad_token_id if pad_token_id is not None else (eos_token_id if eos_token_id is not None else 0)
+    new_BN = ctx.history_BN[:, :max_new_tokens]
+    new_BN = torch.where(torch.arange(max_new_tokens, device=device)[None] < state.num_generated_B[:, None], new_BN, pad)
+    new_BN = new_BN.cpu()
+    sequences = torch.cat([input_ids.cpu(), new_BN.to(input_ids.dtype)], dim=1)
+    return GenerateOutput(
+        sequences=sequences,
+        new_tokens=new_BN,
+        num_tokens=state.num_generated_B.cpu(),
+        num_forward_passes=forwards,
+        forward_passes_per_row=state.steps_B.cpu(),
+        accepted_histogram=state.emitted_hist_T.cpu().tolist(),
+        latency_s=time.perf_counter() - t0,
+        method=config,
+    )
+
+
+def _device_of(lm: CausalLM) -> torch.device:
+    if hasattr(lm, "device"):
+        return torch.device(lm.device)
+    return next(lm.parameters()).device

@@ -1,0 +1,92 @@
+"""Pure sampling functions: classifier-free guidance, temperature, top-k, top-p, draws.
+
+Owns: turning target logits into the processed distribution ``p`` every acceptor compares
+against, and drawing from a distribution without a host sync (``argmax(p / E)``, E ~ Exp(1),
+which picks i with probability p_i).
+
+Must never: call ``.item()``/``.tolist()`` or branch on tensor values; keep global state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How logits become the target distribution.
+
+    ``do_sample=False`` (or ``temperature == 0``) makes the target one-hot at the argmax, so
+    every acceptor reduces to greedy exact match. ``cfg_scale`` applies to a doubled batch
+    (conditional rows first, unconditional rows second): ``l = l_u + s * (l_c - l_u)``.
+    """
+
+    do_sample: bool = True
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    cfg_scale: float | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return not self.do_sample or self.temperature == 0
+
+
+def apply_cfg(logits_2BTV: torch.Tensor, scale: float) -> torch.Tensor:
+    """Guided logits ``[B, T, V]`` from conditional rows ``[:B]`` and unconditional ``[B:]``."""
+    cond, uncond = logits_2BTV.chunk(2, dim=0)
+    return uncond + scale * (cond - uncond)
+
+
+def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the ``k`` largest logits (and ties with the k-th); ``k <= 0`` keeps all."""
+    if k <= 0 or k >= logits.shape[-1]:
+        return logits
+    kth = torch.topk(logits, k, dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Nucleus filter: keep the smallest top set whose probability reaches ``p``."""
+    if p >= 1.0:
+        return logits
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    cum = sorted_logits.softmax(-1).cumsum(-1)
+    # drop a token when the mass strictly before it already reaches p (the top token always stays)
+    drop_sorted = (cum - sorted_logits.softmax(-1)) >= p
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def process_logits(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
+    """Target probabilities (float32) after guidance-free processing; one-hot when greedy."""
+    logits = logits.float()
+    if cfg.greedy:
+        return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
+    logits = logits / cfg.temperature
+    logits = top_k_filter(logits, cfg.top_k)
+    logits = top_p_filter(logits, cfg.top_p)
+    return logits.softmax(-1)
+
+
+def sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One draw per row of ``probs[..., V]`` (no host sync): ``argmax(p / E)``, E ~ Exp(1)."""
+    e = torch.empty_like(probs).exponential_(generator=generator)
+    return (probs / e).argmax(-1)
+
+
+def uniform(shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """U[0, 1) draws of ``shape`` on ``like``'s device."""
+    return torch.rand(shape, device=like.device, generator=generator)
+
+
+def normalize_residual(residual: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
+    """``residual / sum(residual)``; where the residual is all zero use ``fallback`` instead.
+
+    The residual max(0, p - q) is zero only when p == q, in which case rejection has
+    probability zero and any fallback is never used for an accepted draw.
+    """
+    mass = residual.sum(-1, keepdim=True)
+    return torch.where(mass > 0, residual / mass.clamp_min(1e-30), fallback)
