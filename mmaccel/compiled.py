@@ -31,7 +31,11 @@ class CompiledStep:
     """
 
     def __init__(
-        self, fn: Callable[..., torch.Tensor], buckets: Iterable[tuple[int, int]], mode: str = "eager", warmup: int = 2
+        self,
+        fn: Callable[..., torch.Tensor],
+        buckets: Iterable[tuple[int, int]],
+        mode: str = "eager",
+        warmup: int = 2,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")

@@ -21,7 +21,7 @@ from mmaccel.drafters import DraftContext
 from mmaccel.methods import JacobiConfig, MethodConfig, build, resolve_method
 from mmaccel.models import CausalLM, as_causal_lm
 from mmaccel.sampling import SamplingConfig, sample
-from mmaccel.verify import DecodeState, cfg_rows, target_probs, verify_step
+from mmaccel.verify import DecodeState, target_probs, verify_step
 
 
 @dataclass
@@ -169,12 +169,38 @@ def generate(
         )
     sampling = SamplingConfig(do_sample, temperature, top_k, top_p, cfg_scale)
     with torch.inference_mode():
-        return _decode(lm, config, sampling, input_ids, ids_BT, lens_B, max_new_tokens, seed,
-                       eos_token_id, pad_token_id, grid_width, compile, progress)
+        return _decode(
+            lm,
+            config,
+            sampling,
+            input_ids,
+            ids_BT,
+            lens_B,
+            max_new_tokens,
+            seed,
+            eos_token_id,
+            pad_token_id,
+            grid_width,
+            compile,
+            progress,
+        )
 
 
-def _decode(lm: CausalLM, config, sampling, input_ids, ids_BT, lens_B, max_new_tokens, seed,
-            eos_token_id, pad_token_id, grid_width, compile_mode, progress) -> GenerateOutput:
+def _decode(
+    lm: CausalLM,
+    config,
+    sampling,
+    input_ids,
+    ids_BT,
+    lens_B,
+    max_new_tokens,
+    seed,
+    eos_token_id,
+    pad_token_id,
+    grid_width,
+    compile_mode,
+    progress,
+) -> GenerateOutput:
     t0 = time.perf_counter()
     device = _device_of(lm)
     drafter, acceptor = build(config)
@@ -198,7 +224,9 @@ def _decode(lm: CausalLM, config, sampling, input_ids, ids_BT, lens_B, max_new_t
     done_B = ones_B >= max_new_tokens
     if eos_token_id is not None:
         done_B |= first_B == eos_token_id
-    state = DecodeState(first_B, ones_B, done_B, ones_B.clone(), torch.zeros(K + 2, dtype=torch.long, device=device))
+    state = DecodeState(
+        first_B, ones_B, done_B, ones_B.clone(), torch.zeros(K + 2, dtype=torch.long, device=device)
+    )
     state.emitted_hist_T[1] += B
     ctx = DraftContext(lm.vocab_size, grid_width, generator, history_BN, state.num_generated_B)
     draft = drafter.start(ctx, first_B)
@@ -218,13 +246,17 @@ def _decode(lm: CausalLM, config, sampling, input_ids, ids_BT, lens_B, max_new_t
         emitted = total
         if all_done:
             break
-        draft = verify_step(step, cache, drafter, acceptor, draft, state, ctx, sampling, max_new_tokens, eos_token_id)
+        draft = verify_step(
+            step, cache, drafter, acceptor, draft, state, ctx, sampling, max_new_tokens, eos_token_id
+        )
         forwards += 1
     bar.close()
 
     pad = pad_token_id if pad_token_id is not None else (eos_token_id if eos_token_id is not None else 0)
     new_BN = ctx.history_BN[:, :max_new_tokens]
-    new_BN = torch.where(torch.arange(max_new_tokens, device=device)[None] < state.num_generated_B[:, None], new_BN, pad)
+    new_BN = torch.where(
+        torch.arange(max_new_tokens, device=device)[None] < state.num_generated_B[:, None], new_BN, pad
+    )
     new_BN = new_BN.cpu()
     sequences = torch.cat([input_ids.cpu(), new_BN.to(input_ids.dtype)], dim=1)
     return GenerateOutput(

@@ -63,7 +63,9 @@ class HFCausalLM:
         self.max_seq_len = int(getattr(text_cfg, "max_position_embeddings", 1 << 30))
         self.num_layers = text_cfg.num_hidden_layers
         self.num_kv_heads = getattr(text_cfg, "num_key_value_heads", None) or text_cfg.num_attention_heads
-        self.head_dim = getattr(text_cfg, "head_dim", None) or text_cfg.hidden_size // text_cfg.num_attention_heads
+        self.head_dim = (
+            getattr(text_cfg, "head_dim", None) or text_cfg.hidden_size // text_cfg.num_attention_heads
+        )
         self.family = f"hf:{cfg.model_type}"
         params = inspect.signature(model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"

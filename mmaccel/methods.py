@@ -41,7 +41,19 @@ class JacobiConfig:
 
 MethodConfig = ARConfig | JacobiConfig
 
-METHODS: dict[str, type] = {"ar": ARConfig, "jacobi": JacobiConfig, "sjd": JacobiConfig, "sjd-coupled": JacobiConfig}
+METHODS: dict[str, type] = {
+    "ar": ARConfig,
+    "jacobi": JacobiConfig,
+    "sjd": JacobiConfig,
+    "sjd-coupled": JacobiConfig,
+}
+
+DESCRIPTIONS: dict[str, str] = {
+    "ar": "plain KV-cached autoregressive decoding (the baseline); lossless",
+    "jacobi": "Jacobi window, drafts kept while equal to the target's own draws; lossless",
+    "sjd": "speculative Jacobi decoding (arXiv 2410.01699), accept with min(1, p/q); lossless",
+    "sjd-coupled": "SJD with redraws coupled to the previous draft (MC-SJD, arXiv 2510.24211); lossless",
+}
 
 
 def resolve_method(method: str | MethodConfig, options: dict[str, Any]) -> MethodConfig:

@@ -78,12 +78,16 @@ class TinyLM(nn.Module):
         self.blocks = nn.ModuleList(_Block(cfg, i) for i in range(cfg.n_layers))
         self.norm = nn.RMSNorm(cfg.dim)
         self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
-        self.register_buffer("rope", rope_table(cfg.max_seq_len, cfg.dim // cfg.n_heads, cfg.rope_base), persistent=False)
+        self.register_buffer(
+            "rope", rope_table(cfg.max_seq_len, cfg.dim // cfg.n_heads, cfg.rope_base), persistent=False
+        )
 
     def new_cache(self, batch: int, capacity: int) -> StaticKVCache:
         p = self.head.weight
         head_dim = self.cfg.dim // self.cfg.n_heads
-        return StaticKVCache(self.cfg.n_layers, batch, self.cfg.n_heads, capacity, head_dim, p.dtype, p.device)
+        return StaticKVCache(
+            self.cfg.n_layers, batch, self.cfg.n_heads, capacity, head_dim, p.dtype, p.device
+        )
 
     def forward(self, tokens_BT, pos_BT, cache, slots_BT, mask_BTS):
         rope = self.rope[pos_BT.clamp(0, self.max_seq_len - 1)]

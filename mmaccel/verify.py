@@ -69,7 +69,9 @@ def verify_step(
     # emitted this step: the n kept drafts, then the next token
     arange_T = torch.arange(K + 1, device=tokens_BT.device)[None]
     next_B1 = acc.next_token_B[:, None]
-    emitted_BT = torch.where(arange_T < acc.num_accepted_B[:, None], torch.cat([draft.tokens_BK, next_B1], 1), next_B1)
+    emitted_BT = torch.where(
+        arange_T < acc.num_accepted_B[:, None], torch.cat([draft.tokens_BK, next_B1], 1), next_B1
+    )
     count_B = torch.minimum(acc.num_accepted_B + 1, max_new_tokens - state.num_generated_B)
     hit_eos_B = torch.zeros_like(state.done_B)
     if eos_token_id is not None:

@@ -76,8 +76,13 @@ def test_sampled_distribution_matches_autoregressive(family, method, setting, re
     model = MODELS[family]()
     exact = exact_distribution(model, SETTINGS[setting])
     out = mmaccel.generate(
-        model, PROMPT.expand(SAMPLES, -1), method, max_new_tokens=NEW, seed=1234,
-        **SETTINGS[setting], **METHOD_OPTIONS[method],
+        model,
+        PROMPT.expand(SAMPLES, -1),
+        method,
+        max_new_tokens=NEW,
+        seed=1234,
+        **SETTINGS[setting],
+        **METHOD_OPTIONS[method],
     )
     p_value = chi_square_p(out.new_tokens, exact)
     record_property("chi2_p", p_value)

@@ -12,8 +12,6 @@ for token.
 
 from __future__ import annotations
 
-import torch
-
 from mmaccel.acceptors.base import Acceptance, Acceptor, at_index, leading_true
 from mmaccel.sampling import sample
 
