@@ -1,0 +1,1 @@
+"""Image model families, their tokenizers, checkpoint loaders and the Shapes-T2I data."""

@@ -1,0 +1,1 @@
+"""Evaluation: prompt accuracy, FID, latency / forward-pass / memory benchmarks, plots."""

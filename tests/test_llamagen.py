@@ -1,0 +1,357 @@
+"""LlamaGen GPT + VQ: official key layout, 2D RoPE, cached decoding == full forward, loaders.
+
+Small models are built here and saved in the official containers (nothing is downloaded).
+The official names/shapes come from tests/fixtures/llamagen_official_keys.json, written from
+reading FoundationVision/LlamaGen's gpt.py and vq_model.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from image_ar.llamagen import (
+    GPT,
+    GPT_PRESETS,
+    VQ_PRESETS,
+    GPTConfig,
+    VQConfig,
+    VQModel,
+    apply_rope_2d,
+    condition_padding_mask,
+    gpt_preset,
+    load_gpt,
+    load_state_dict,
+    load_vq,
+    rope_2d_table,
+)
+from mmaccel.models import CausalLM, as_causal_lm
+
+FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "llamagen_official_keys.json").read_text())
+GPT_FIELDS = set(GPTConfig.__dataclass_fields__)
+
+
+def gpt_config(name: str) -> GPTConfig:
+    return GPTConfig(**{k: v for k, v in FIXTURE["configs"][name].items() if k in GPT_FIELDS})
+
+
+def vq_config() -> VQConfig:
+    c = dict(FIXTURE["configs"]["vq"])
+    c["encoder_ch_mult"], c["decoder_ch_mult"] = tuple(c["encoder_ch_mult"]), tuple(c["decoder_ch_mult"])
+    return VQConfig(**c)
+
+
+def random_gpt(name: str, seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    model = GPT(gpt_config(name)).eval()
+    with torch.no_grad():
+        for p in model.parameters():  # non-trivial norms and head, so every tensor matters
+            p.normal_(0.0, 0.3) if p.dim() > 1 else p.uniform_(0.5, 1.5)
+    return model
+
+
+def random_vq(seed: int = 0) -> VQModel:
+    torch.manual_seed(seed)
+    model = VQModel(vq_config()).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0.0, 0.05)
+    return model
+
+
+def condition(model: GPT, batch: int = 2, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    if model.cfg.model_type == "c2i":
+        return torch.randint(0, model.cfg.num_classes, (batch,), generator=g)
+    return torch.randn(batch, model.cfg.caption_len, model.cfg.caption_dim, generator=g)
+
+
+# --- official layout ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["gpt_c2i", "gpt_t2i", "vq"])
+def test_state_dict_names_and_shapes_equal_official(name):
+    model = random_vq() if name == "vq" else random_gpt(name)
+    ours = {k: list(v.shape) for k, v in model.state_dict().items()}
+    official = FIXTURE["state_dicts"][name]
+    assert sorted(set(ours) - set(official)) == [] and sorted(set(official) - set(ours)) == []
+    assert ours == official
+
+
+def test_presets_are_the_official_table():
+    sizes = {k: (c.n_layer, c.n_head, c.dim) for k, c in GPT_PRESETS.items()}
+    assert sizes["GPT-B"] == (12, 12, 768) and sizes["GPT-L"] == (24, 16, 1024)
+    assert sizes["GPT-XL"] == (36, 20, 1280) and sizes["GPT-XXL"] == (48, 24, 1536)
+    assert sizes["GPT-3B"] == (24, 32, 3200) and sizes["GPT-XXXL"] == (48, 40, 2560)
+    assert GPT_PRESETS["GPT-B"].ffn_hidden_dim == 2048  # int(8 * 768 / 3) = 2048
+    assert GPT_PRESETS["GPT-XL"].ffn_hidden_dim == 3584  # int(8 * 1280 / 3) = 3413 -> 3584
+    t2i = gpt_preset("GPT-XL", "t2i")
+    assert (t2i.cls_token_num, t2i.max_seq_len, t2i.grid_size) == (120, 376, 16)
+    assert VQ_PRESETS["VQ-16"].downsample == 16 and VQ_PRESETS["VQ-tiny"].downsample == 4
+    with pytest.raises(ValueError, match="GPT-B"):
+        gpt_preset("GPT-Q")
+
+
+def test_protocol_attributes():
+    model = random_gpt("gpt_t2i")
+    assert isinstance(model, CausalLM) and as_causal_lm(model) is model
+    assert (model.vocab_size, model.max_seq_len, model.grid_width, model.family) == (
+        64,
+        8 + 16,
+        4,
+        "llamagen",
+    )
+
+
+# --- 2D RoPE ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["gpt_c2i", "gpt_t2i"])
+def test_rope_2d_matches_an_independent_derivation(name):
+    cfg = gpt_config(name)
+    table = rope_2d_table(cfg).double()
+    L, G, D = cfg.cls_token_num, cfg.grid_size, cfg.head_dim
+    assert table.shape == (L + G * G, D // 2, 2)
+    assert torch.all(table[:L] == 0)  # official condition rows: cos = 0 AND sin = 0
+    for r, c in [(0, 0), (0, 3), (2, 1), (3, 3)]:
+        # pair j < D/4 turns with the row, the next D/4 pairs with the column, f_j = base^(-4j/D)
+        angles = [r * cfg.rope_base ** (-4 * j / D) for j in range(D // 4)]
+        angles += [c * cfg.rope_base ** (-4 * j / D) for j in range(D // 4)]
+        expected = torch.tensor([[math.cos(a), math.sin(a)] for a in angles], dtype=torch.float64)
+        torch.testing.assert_close(table[L + r * G + c], expected, atol=1e-6, rtol=0)
+
+
+def test_rope_pairs_are_interleaved_complex_rotations():
+    cfg = gpt_config("gpt_c2i")
+    pos_BT = torch.tensor([[0, 1 + 2 * 4 + 3]])  # a condition slot, then image token (2, 3)
+    x_BHTD = torch.randn(1, 2, 2, cfg.head_dim)
+    rope_BTP2 = rope_2d_table(cfg)[pos_BT]
+    out = apply_rope_2d(x_BHTD, rope_BTP2)
+    assert torch.all(out[:, :, 0] == 0)  # condition q/k are zeroed by the official table
+    z = torch.view_as_complex(x_BHTD[:, :, 1].reshape(1, 2, -1, 2).contiguous())
+    w = torch.polar(torch.ones(()), torch.atan2(rope_BTP2[0, 1, :, 1], rope_BTP2[0, 1, :, 0]))
+    torch.testing.assert_close(out[:, :, 1], torch.view_as_real(z * w).flatten(-2), atol=1e-5, rtol=1e-5)
+
+
+# --- cached decoding through the protocol ---------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["gpt_c2i", "gpt_t2i"])
+def test_cached_decoding_equals_full_logits(name):
+    model = random_gpt(name)
+    B, N, L = 2, 10, model.cls_token_num
+    cond = condition(model, B)
+    image_BN = torch.randint(0, model.vocab_size, (B, N), generator=torch.Generator().manual_seed(2))
+    cond_valid_BL = None
+    if model.cfg.model_type == "t2i":  # left-padded caption in row 0, as the official sampler
+        cond_valid_BL = torch.ones(B, L, dtype=torch.bool)
+        cond_valid_BL[0, :3] = False
+        cond = cond * F.pad(cond_valid_BL, (0, cond.shape[1] - L), value=True)[..., None]
+    with torch.no_grad():
+        full_BTV = model.full_logits(cond, image_BN, cond_valid_BL)
+        assert full_BTV.shape == (B, N + 1, model.vocab_size)
+        cache = model.new_cache(B, model.max_seq_len)
+        cond_embs_BLC = model.condition_embeddings(cond)
+
+        def mask(T, slots_BT):
+            m = cache.attn_mask(T)
+            return m if cond_valid_BL is None else condition_padding_mask(m, slots_BT, cond_valid_BL)
+
+        # one block holding the condition and the first 3 image tokens
+        T = L + 3
+        tokens_BT = torch.cat([torch.zeros(B, L, dtype=torch.long), image_BN[:, :3]], dim=1)
+        slots_BT = cache.slots(T)
+        logits_BTV = model.forward(tokens_BT, slots_BT, cache, slots_BT, mask(T, slots_BT), cond_embs_BLC)
+        assert torch.all(cache.lens_B == 0)  # forward writes slots, never commits
+        torch.testing.assert_close(logits_BTV[:, L - 1 :], full_BTV[:, :4], atol=1e-4, rtol=1e-4)
+        cache.commit(torch.full((B,), T))
+        for i in range(3, N):
+            slots_BT = cache.slots(1)
+            step_BTV = model.forward(image_BN[:, i : i + 1], slots_BT, cache, slots_BT, mask(1, slots_BT))
+            torch.testing.assert_close(step_BTV[:, 0], full_BTV[:, i + 1], atol=1e-4, rtol=1e-4)
+            cache.commit(torch.ones(B))
+
+        # prefill_condition is the same first step
+        cache2 = model.new_cache(B, model.max_seq_len)
+        first_BV = model.prefill_condition(cond_embs_BLC, cache2, cond_valid_BL)
+        torch.testing.assert_close(first_BV, full_BTV[:, 0], atol=1e-4, rtol=1e-4)
+        assert torch.all(cache2.lens_B == L)
+
+
+@pytest.mark.parametrize("name", ["gpt_c2i", "gpt_t2i"])
+def test_null_condition_is_the_cfg_dropout_input(name):
+    model = random_gpt(name)
+    cond = condition(model, 3)
+    with torch.no_grad():
+        dropped = model.condition_embeddings(cond, drop_B=torch.tensor([True, False, True]))
+        null = model.condition_embeddings(model.null_condition(3))
+        kept = model.condition_embeddings(cond)
+    assert dropped.shape == (3, model.cls_token_num, model.cfg.dim)
+    torch.testing.assert_close(dropped[[0, 2]], null[[0, 2]])
+    torch.testing.assert_close(dropped[1], kept[1])
+    if name == "gpt_c2i":
+        assert torch.all(model.null_condition(3) == model.cfg.num_classes)
+    else:
+        assert torch.equal(model.null_condition(2)[1], model.cls_embedding.uncond_embedding)
+
+
+# --- loading --------------------------------------------------------------------------------
+
+
+def save_official(sd: dict, path: Path, fmt: str) -> Path:
+    if fmt == "safetensors":
+        path = path.with_suffix(".safetensors")
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+        return path
+    obj = {
+        "ddp": {"model": sd, "optimizer": {}, "steps": 7, "args": argparse.Namespace(gpt_model="GPT-B")},
+        "raw_fsdp": sd,
+        "deepspeed": {"module": {f"module.{k}": v for k, v in sd.items()}},
+        "state_dict": {"state_dict": sd},
+        "stray_freqs_cis": {**sd, "freqs_cis": torch.zeros(5, 4, 2)},
+        "fp16": {"model": {k: v.half() for k, v in sd.items()}},
+    }[fmt]
+    torch.save(obj, path)
+    return path
+
+
+FORMATS = ["ddp", "raw_fsdp", "deepspeed", "state_dict", "stray_freqs_cis", "fp16", "safetensors"]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_gpt_c2i_checkpoint_loads_back(tmp_path, fmt):
+    model = random_gpt("gpt_c2i")
+    path = save_official(model.state_dict(), tmp_path / "gpt.pt", fmt)
+    loaded = load_gpt(path, model.cfg)
+    if fmt == "fp16":  # the reference is the same model with fp16-rounded weights
+        model.load_state_dict({k: v.half().float() for k, v in model.state_dict().items()})
+    cond, image_BN = condition(model), torch.randint(0, model.vocab_size, (2, 6))
+    with torch.no_grad():
+        assert torch.equal(loaded.full_logits(cond, image_BN), model.full_logits(cond, image_BN))
+
+
+@pytest.mark.parametrize("fmt", ["ddp", "safetensors"])
+def test_gpt_t2i_checkpoint_loads_back(tmp_path, fmt):
+    model = random_gpt("gpt_t2i")
+    loaded = load_gpt(save_official(model.state_dict(), tmp_path / "gpt.pt", fmt), model.cfg)
+    cond, image_BN = condition(model), torch.randint(0, model.vocab_size, (2, 6))
+    with torch.no_grad():
+        assert torch.equal(loaded.full_logits(cond, image_BN), model.full_logits(cond, image_BN))
+    assert torch.equal(loaded.cls_embedding.uncond_embedding, model.cls_embedding.uncond_embedding)
+
+
+def test_gpt_loads_in_a_requested_dtype(tmp_path):
+    model = random_gpt("gpt_c2i")
+    loaded = load_gpt(
+        save_official(model.state_dict(), tmp_path / "gpt.pt", "ddp"), model.cfg, dtype=torch.bfloat16
+    )
+    assert all(p.dtype == torch.bfloat16 for p in loaded.parameters())
+    cond, image_BN = condition(model), torch.randint(0, model.vocab_size, (2, 6))
+    with torch.no_grad():
+        ref, got = model.full_logits(cond, image_BN), loaded.full_logits(cond, image_BN)
+    assert got.dtype == torch.float32 and (got.argmax(-1) == ref.argmax(-1)).float().mean() > 0.8
+
+
+@pytest.mark.parametrize("fmt", ["ddp", "raw_fsdp", "safetensors"])
+def test_vq_checkpoint_loads_back(tmp_path, fmt):
+    model = random_vq()
+    loaded = load_vq(save_official(model.state_dict(), tmp_path / "vq.pt", fmt), model.cfg)
+    img = torch.rand(2, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(loaded.encode(img), model.encode(img))
+        codes = model.encode(img)
+        assert torch.equal(loaded.decode_codes(codes), model.decode_codes(codes))
+
+
+def test_missing_file_and_damaged_files_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        load_state_dict(tmp_path / "nope.pt")
+    sd = random_gpt("gpt_c2i").state_dict()
+    good = save_official(sd, tmp_path / "good.pt", "ddp")
+    data = good.read_bytes()
+    for name, payload in [
+        ("truncated.pt", data[: len(data) // 2]),
+        ("garbage.pt", b"not a checkpoint" * 40),
+        ("empty.pt", b""),
+    ]:
+        (tmp_path / name).write_bytes(payload)
+        with pytest.raises(ValueError, match=rf"{name}.*corrupted or truncated"):
+            load_state_dict(tmp_path / name)
+    st = save_official(sd, tmp_path / "good_st", "safetensors")
+    (tmp_path / "cut.safetensors").write_bytes(st.read_bytes()[:-100])
+    with pytest.raises(ValueError, match=r"cut\.safetensors.*corrupted or truncated"):
+        load_state_dict(tmp_path / "cut.safetensors")
+    with open(tmp_path / "objects.pt", "wb") as f:
+        torch.save({"model": sd, "hook": pickle.PickleError("not a tensor")}, f)
+    with pytest.raises(ValueError, match="weights-only"):
+        load_state_dict(tmp_path / "objects.pt")
+    torch.save({"optimizer": {"lr": 1.0}}, tmp_path / "nostate.pt")
+    with pytest.raises(ValueError, match="no state dict"):
+        load_state_dict(tmp_path / "nostate.pt")
+
+
+def test_missing_unexpected_and_misshapen_keys_are_listed(tmp_path):
+    model = random_gpt("gpt_c2i")
+    sd = dict(model.state_dict())
+    del sd["norm.weight"], sd["layers.1.attention.wo.weight"]
+    sd["layers.9.attention.wqkv.weight"] = torch.zeros(3)
+    sd["output.weight"] = torch.zeros(5, 5)
+    with pytest.raises(ValueError) as err:
+        load_gpt(save_official(sd, tmp_path / "bad.pt", "ddp"), model.cfg)
+    msg = str(err.value)
+    assert (
+        "bad.pt" in msg
+        and "2 missing keys" in msg
+        and "norm.weight" in msg
+        and "layers.1.attention.wo.weight" in msg
+    )
+    assert "1 unexpected keys: layers.9.attention.wqkv.weight" in msg
+    assert "output.weight: checkpoint (5, 5)" in msg
+    c2i_path = save_official(model.state_dict(), tmp_path / "c2i.pt", "ddp")
+    with pytest.raises(ValueError, match=r"missing keys: .*cls_embedding\.cap_proj\.fc1\.weight"):
+        load_gpt(c2i_path, gpt_config("gpt_t2i"))
+    deeper = dataclasses.replace(model.cfg, n_layer=4)
+    with pytest.raises(
+        ValueError, match=r"14 missing keys: (layers\.[23]\.[^,]*, ){9}layers[^,]* \(\+4 more\)"
+    ):
+        load_gpt(c2i_path, deeper)
+
+
+# --- VQ -------------------------------------------------------------------------------------
+
+
+def test_vq_encode_decode_shapes():
+    model = random_vq()
+    with torch.no_grad():
+        codes_BN = model.encode(torch.rand(3, 3, 16, 24) * 2 - 1)
+        assert codes_BN.shape == (3, 8 * 12) and codes_BN.dtype == torch.long
+        assert model.decode_codes(codes_BN, grid=(8, 12)).shape == (3, 3, 16, 24)
+        tiny = VQModel(VQ_PRESETS["VQ-tiny"]).eval()
+        codes = tiny.encode(torch.rand(1, 3, 64, 64) * 2 - 1)
+        assert codes.shape == (1, 256) and int(codes.max()) < 1024
+        assert tiny.decode_codes(codes).shape == (1, 3, 64, 64)
+
+
+def test_codebook_lookup_is_the_nearest_l2_normalised_code():
+    model = random_vq()
+    with torch.no_grad():  # rows of very different norms: only the direction may matter
+        model.quantize.embedding.weight.mul_(torch.rand(64, 1) * 10 + 0.1)
+        z_BDHW = torch.randn(2, 8, 3, 5)
+        idx_BN, zq_BDHW = model.quantize.nearest(z_BDHW)
+        z_ND = F.normalize(z_BDHW.permute(0, 2, 3, 1).reshape(-1, 8), dim=-1)
+        e_KD = F.normalize(model.quantize.embedding.weight, dim=-1)
+        assert torch.equal(idx_BN.reshape(-1), torch.cdist(z_ND, e_KD).argmin(-1))
+        torch.testing.assert_close(zq_BDHW.permute(0, 2, 3, 1).reshape(-1, 8), e_KD[idx_BN.reshape(-1)])
+        torch.testing.assert_close(model.quantize.lookup(idx_BN, (3, 5)), zq_BDHW)
+        img = torch.rand(1, 3, 16, 16) * 2 - 1
+        assert torch.equal(model.encode(img), model.quantize.nearest(model.encode_latent(img))[0])
