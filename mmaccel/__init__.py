@@ -1,12 +1,14 @@
 """mmaccel: fast decoding for autoregressive image, text and audio generators.
 
-Public API: ``generate`` (any supported model, any method), the method configs, and the
+Public API: ``generate`` (any supported model, any method), ``generate_image`` / ``load_model``
+(text-to-image, the embedded default model unless told otherwise), the method configs, and the
 building blocks (``StaticKVCache``, ``CompiledStep``, acceptors, drafters).
 """
 
 from mmaccel.cache import StaticKVCache
 from mmaccel.compiled import CompiledStep
 from mmaccel.generate import GenerateOutput, generate
+from mmaccel.images import ImageOutput, available_models, generate_image, load_model
 from mmaccel.methods import METHODS, ARConfig, JacobiConfig
 from mmaccel.sampling import SamplingConfig
 
@@ -17,6 +19,10 @@ __all__ = [
     "ARConfig",
     "CompiledStep",
     "GenerateOutput",
+    "ImageOutput",
+    "available_models",
+    "generate_image",
+    "load_model",
     "JacobiConfig",
     "SamplingConfig",
     "StaticKVCache",

@@ -21,10 +21,11 @@ SETTINGS = {
     "processed": dict(temperature=0.7, top_k=4, top_p=0.9),
 }
 METHOD_OPTIONS = {
-    "ar": {},
-    "jacobi": dict(window=2),
-    "sjd": dict(window=3, init="random"),
-    "sjd-coupled": dict(window=2, init="horizontal"),
+    "ar": ("ar", {}),
+    "jacobi": ("jacobi", dict(window=2)),
+    "sjd": ("sjd", dict(window=3, init="random")),
+    "sjd-vertical": ("sjd", dict(window=3, init="vertical", grid_width=2)),
+    "sjd-coupled": ("sjd-coupled", dict(window=2, init="horizontal")),
 }
 
 
@@ -75,14 +76,15 @@ MODELS = {"hf-llama": lambda: tiny_llama(vocab=V, init=0.8), "project": lambda: 
 def test_sampled_distribution_matches_autoregressive(family, method, setting, record_property):
     model = MODELS[family]()
     exact = exact_distribution(model, SETTINGS[setting])
+    name, options = METHOD_OPTIONS[method]
     out = mmaccel.generate(
         model,
         PROMPT.expand(SAMPLES, -1),
-        method,
+        name,
         max_new_tokens=NEW,
         seed=1234,
         **SETTINGS[setting],
-        **METHOD_OPTIONS[method],
+        **options,
     )
     p_value = chi_square_p(out.new_tokens, exact)
     record_property("chi2_p", p_value)

@@ -1,0 +1,168 @@
+"""``mmaccel.generate_image`` and ``mmaccel.load_model``: text-to-image through the engine.
+
+Owns: the ``ImageModel`` interface an image family implements (turn prompts into a
+condition-bound ``CausalLM`` plus prompt ids, and decode image tokens to pictures), the
+discovery of named models through the ``mmaccel.image_models`` entry-point group (families
+register themselves; the core never imports one by name), prompt validation, and the call into
+``mmaccel.generate`` with guidance applied by the engine's CFG path.
+
+Must never: decode tokens outside ``mmaccel.generate`` or import a model family directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib.metadata import entry_points
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from PIL import Image
+
+from mmaccel.generate import GenerateOutput, _check_sampling, generate
+from mmaccel.methods import MethodConfig, resolve_method
+from mmaccel.models import CausalLM
+
+log = logging.getLogger(__name__)
+DEFAULT_MODEL = "shapes-t2i"
+ENTRY_POINT_GROUP = "mmaccel.image_models"
+
+
+@dataclass(frozen=True)
+class ConditionedPrompts:
+    """What an image model hands the engine for a batch of prompts."""
+
+    lm: CausalLM  # bound to the condition of every row (conditional rows first, then unconditional)
+    input_ids: torch.Tensor  # [B, L] prompt ids (placeholders where the condition is an embedding)
+    uncond_input_ids: torch.Tensor | None  # [B, L'] when guidance is on
+    warnings: tuple[str, ...] = ()
+
+
+@runtime_checkable
+class ImageModel(Protocol):
+    """A text-to-image family as seen by ``generate_image``."""
+
+    name: str
+    num_image_tokens: int
+    default_guidance: float
+
+    def condition(self, prompts: list[str], guidance: bool) -> ConditionedPrompts: ...
+
+    def decode(self, tokens_BN: torch.Tensor) -> list[Image.Image]: ...
+
+
+@dataclass
+class ImageOutput:
+    """Result of ``generate_image(..., return_output=True)``."""
+
+    images: list[Image.Image]
+    num_forward_passes: int
+    num_tokens: int
+    latency_s: float
+    tokens: torch.Tensor  # [B, num_image_tokens]
+    generate_output: GenerateOutput
+
+
+def available_models() -> list[str]:
+    """Names of the image models installed (entry points of ``mmaccel.image_models``)."""
+    return sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
+
+
+@lru_cache(maxsize=4)
+def _load_named(name: str) -> ImageModel:
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name == name:
+            return ep.load()()
+    raise ValueError(f"unknown model {name!r}; available models: {', '.join(available_models()) or 'none installed'}")
+
+
+def load_model(name: str = DEFAULT_MODEL) -> ImageModel:
+    """Load (once per process) the image model registered under ``name``."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"model must be a model name such as {DEFAULT_MODEL!r}, got {name!r}")
+    return _load_named(name)
+
+
+def _check_prompts(prompt: str | list[str]) -> list[str]:
+    prompts = [prompt] if isinstance(prompt, str) else prompt
+    if not isinstance(prompts, list | tuple) or not prompts:
+        raise TypeError(f"prompt must be a string or a non-empty list of strings, got {type(prompt).__name__}")
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str):
+            raise TypeError(f"prompt {i} must be a string, got {type(p).__name__}")
+        if not p.strip():
+            raise ValueError(f"prompt {i} is empty")
+    return list(prompts)
+
+
+def generate_image(
+    prompt: str | list[str],
+    method: str | MethodConfig = "ar",
+    *,
+    model: str | ImageModel = DEFAULT_MODEL,
+    seed: int | None = None,
+    guidance_scale: float | None = None,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    return_output: bool = False,
+    compile: str = "eager",
+    progress: bool = False,
+    **method_options: Any,
+) -> Image.Image | list[Image.Image] | ImageOutput:
+    """Generate an image per prompt with ``method`` (``ar``, ``jacobi``, ``sjd``, ``sjd-coupled``, ...).
+
+    Args:
+        prompt: a prompt or a list of prompts (one image each, generated as one batch).
+        model: a registered model name (default: the embedded Shapes-T2I model) or an ``ImageModel``.
+        seed: same seed, same method, same images.
+        guidance_scale: classifier-free guidance (``l_u + s (l_c - l_u)``); default: the model's.
+            1 disables guidance.
+        temperature, top_k, top_p: the target distribution every method is verified against.
+        return_output: return an ``ImageOutput`` with statistics instead of the image(s).
+        method_options: e.g. ``window=16``, ``init="vertical"``.
+
+    Returns:
+        A PIL image for a single prompt string, a list for a list, or an ``ImageOutput``.
+    """
+    prompts = _check_prompts(prompt)
+    resolve_method(method, method_options)  # bad methods and options fail before any work
+    _check_sampling(1, temperature, top_k, top_p, None)
+    if guidance_scale is not None and (not isinstance(guidance_scale, int | float) or guidance_scale < 0):
+        raise ValueError(f"guidance_scale must be a number >= 0, got {guidance_scale!r}")
+    image_model = load_model(model) if isinstance(model, str) else model
+    if not isinstance(image_model, ImageModel):
+        raise TypeError(f"model must be a model name or an mmaccel ImageModel, got {type(model).__name__}")
+    scale = image_model.default_guidance if guidance_scale is None else float(guidance_scale)
+    t0 = time.perf_counter()
+    cond = image_model.condition(prompts, guidance=scale != 1.0)
+    for warning in cond.warnings:
+        log.warning(warning)
+    out = generate(
+        cond.lm,
+        cond.input_ids,
+        method,
+        max_new_tokens=image_model.num_image_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+        cfg_scale=scale if scale != 1.0 else None,
+        uncond_input_ids=cond.uncond_input_ids if scale != 1.0 else None,
+        compile=compile,
+        progress=progress,
+        **method_options,
+    )
+    images = image_model.decode(out.new_tokens)
+    if not return_output:
+        return images[0] if isinstance(prompt, str) else images
+    return ImageOutput(
+        images=images,
+        num_forward_passes=out.num_forward_passes,
+        num_tokens=image_model.num_image_tokens,
+        latency_s=time.perf_counter() - t0,
+        tokens=out.new_tokens,
+        generate_output=out,
+    )

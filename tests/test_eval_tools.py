@@ -1,0 +1,53 @@
+"""Evaluation plumbing: method specs, the latency table, the CLI's error path."""
+
+from __future__ import annotations
+
+import pytest
+
+from mmaccel.cli import main
+from mmaccel.eval.common import MethodSpec, PeakMemory, markdown_table, parse_method_spec, parse_methods
+from mmaccel.eval.latency import format_rows, measure_latency
+
+from .test_generate_image import PROMPTS, pipeline  # noqa: F401  (fixture)
+
+
+def test_parse_methods():
+    specs = parse_methods("ar,sjd:window=8,init=vertical,sjd-coupled;jacobi:window=2")
+    assert specs == [MethodSpec("ar"), MethodSpec("sjd", {"window": 8, "init": "vertical"}),
+                     MethodSpec("sjd-coupled"), MethodSpec("jacobi", {"window": 2})]  # fmt: skip
+    assert specs[1].label == "sjd:window=8,init=vertical"
+    with pytest.raises(ValueError, match="expected key=value"):
+        parse_method_spec("sjd:window")
+
+
+def test_markdown_table():
+    assert markdown_table(["a", "b"], [[1, 0.5]]) == "| a | b |\n|---|---|\n| 1 | 0.500 |"
+
+
+def test_peak_memory_sees_an_allocation():
+    with PeakMemory("cpu") as mem:
+        block = bytearray(200 * 2**20)
+        block[::4096] = b"x" * len(block[::4096])
+        import time
+
+        time.sleep(0.05)
+    assert mem.peak_mb > 100
+
+
+def test_latency_rows_against_ar(pipeline):  # noqa: F811
+    rows = measure_latency([MethodSpec("sjd", {"window": 4})], PROMPTS, model=pipeline, repeats=1, progress=False)
+    assert [r.method for r in rows] == ["ar", "sjd:window=4"]
+    ar, sjd = rows
+    assert ar.speedup_vs_ar == 1.0 and ar.forward_passes == 64 and ar.tokens_per_forward == 1.0
+    assert sjd.forward_passes < 64 and sjd.tokens_per_forward > 1
+    assert "speed-up vs ar" in format_rows(rows)
+
+
+def test_cli_reports_bad_method(capsys):
+    assert main(["generate-image", "a small red square at the top on a black background", "--method", "zip"]) == 2
+    assert "unknown method 'zip'" in capsys.readouterr().err
+
+
+def test_cli_lists_methods(capsys):
+    assert main(["methods"]) == 0
+    assert "sjd-coupled" in capsys.readouterr().out

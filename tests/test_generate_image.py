@@ -1,0 +1,136 @@
+"""generate_image through the engine on a small random Shapes-T2I pipeline (no shipped weights needed)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from PIL import Image
+
+import mmaccel
+from image_ar.default_model import ShapesT2IPipeline
+from image_ar.llamagen.vq import VQConfig, VQModel
+from image_ar.t2i_model import ShapesT2IModel, t2i_config
+
+PROMPTS = ["a large red circle at the top left on a blue background",
+           "a small yellow square at the left and a large white triangle at the bottom right on a green background"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def pipeline():
+    torch.manual_seed(0)
+    t2i = ShapesT2IModel(t2i_config(dim=32, n_layer=2, n_head=4, caption_dim=32, vocab_size=32, block_size=64,
+                                    multiple_of=16))  # fmt: skip
+    for p in t2i.gpt.parameters():  # official init zeroes the output head; make logits informative
+        p.data.normal_(0, 0.3)
+    vq = VQModel(VQConfig(codebook_size=32, codebook_embed_dim=4, encoder_ch_mult=(1, 2), decoder_ch_mult=(1, 2),
+                          z_channels=8, ch=8, num_res_blocks=1, norm_groups=4, codebook_show_usage=False))  # fmt: skip
+    return ShapesT2IPipeline(t2i, vq, default_guidance=2.0)
+
+
+def test_single_list_and_output(pipeline):
+    img = mmaccel.generate_image(PROMPTS[0], "sjd", model=pipeline, seed=0)
+    assert isinstance(img, Image.Image) and img.size == (16, 16)
+    imgs = mmaccel.generate_image(PROMPTS, "ar", model=pipeline, seed=0)
+    assert isinstance(imgs, list) and len(imgs) == 2
+    out = mmaccel.generate_image(PROMPTS, "sjd-coupled", model=pipeline, seed=0, return_output=True, window=4)
+    assert out.num_tokens == 64 and out.tokens.shape == (2, 64)
+    assert 1 < out.num_forward_passes <= 64 and out.latency_s > 0
+    assert len(out.images) == 2
+
+
+def reference_guided_greedy(pipeline, prompt: str, scale: float) -> list[int]:
+    """Greedy guided decoding by full teacher-forced forwards (no engine, no cache)."""
+    t2i = pipeline.t2i
+    words, _ = t2i.tokenize([prompt])
+    cond = t2i.caption_encoder(words)
+    null = t2i.gpt.null_condition(1)
+    tokens: list[int] = []
+    with torch.no_grad():
+        for _ in range(pipeline.num_image_tokens):
+            img = torch.tensor([tokens + [0]])
+            lc = t2i.gpt.full_logits(cond, img)[0, len(tokens)]
+            lu = t2i.gpt.full_logits(null, img)[0, len(tokens)]
+            tokens.append(int((lu + scale * (lc - lu)).argmax()))
+    return tokens
+
+
+@pytest.fixture(scope="module")
+def guided_reference(pipeline):
+    return reference_guided_greedy(pipeline, PROMPTS[1], 2.0)
+
+
+@pytest.mark.parametrize(("method", "options"), [("ar", {}), ("jacobi", {}), ("sjd", {"window": 5}),
+                                                 ("sjd-coupled", {"init": "vertical", "window": 12}),
+                                                 ("sjd", {"init": "horizontal"})])  # fmt: skip
+def test_greedy_with_guidance_equals_reference(pipeline, guided_reference, method, options):
+    expected = guided_reference
+    out = mmaccel.generate_image(PROMPTS[1], method, model=pipeline, temperature=0.0, guidance_scale=2.0,
+                                 return_output=True, **options)  # fmt: skip
+    assert out.tokens[0].tolist() == expected
+
+
+def test_same_seed_same_image(pipeline):
+    a = mmaccel.generate_image(PROMPTS, "sjd", model=pipeline, seed=3, return_output=True)
+    b = mmaccel.generate_image(PROMPTS, "sjd", model=pipeline, seed=3, return_output=True)
+    c = mmaccel.generate_image(PROMPTS, "sjd", model=pipeline, seed=4, return_output=True)
+    assert torch.equal(a.tokens, b.tokens) and not torch.equal(a.tokens, c.tokens)
+
+
+def test_prompt_outside_grammar_warns_but_generates(pipeline, caplog):
+    with caplog.at_level(logging.WARNING):
+        img = mmaccel.generate_image("a purple elephant dancing", "ar", model=pipeline, seed=0)
+    assert isinstance(img, Image.Image)
+    assert "elephant" in caplog.text and "dancing" in caplog.text
+
+
+@pytest.mark.parametrize("prompt", ["", "   ", [""], ["ok prompt", " "]])
+def test_empty_prompt(pipeline, prompt):
+    with pytest.raises(ValueError, match="is empty"):
+        mmaccel.generate_image(prompt, model=pipeline)
+
+
+@pytest.mark.parametrize("prompt", [3, None, [1, 2], []])
+def test_non_string_prompt(pipeline, prompt):
+    with pytest.raises(TypeError, match="prompt"):
+        mmaccel.generate_image(prompt, model=pipeline)
+
+
+def test_unknown_model_name():
+    with pytest.raises(ValueError, match=r"unknown model 'dalle'; available models: shapes-t2i"):
+        mmaccel.generate_image("a small red square at the top on a black background", model="dalle")
+
+
+@pytest.mark.parametrize("scale", [-1.0, -0.01])
+def test_negative_guidance(pipeline, scale):
+    with pytest.raises(ValueError, match="guidance_scale must be a number >= 0"):
+        mmaccel.generate_image(PROMPTS[0], model=pipeline, guidance_scale=scale)
+
+
+def test_bad_method_before_work(pipeline):
+    with pytest.raises(ValueError, match="unknown method 'zip'"):
+        mmaccel.generate_image(PROMPTS[0], "zip", model=pipeline)
+
+
+def test_corrupted_and_truncated_weights(pipeline, tmp_path):
+    path, _ = pipeline.t2i.save(tmp_path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="corrupt|truncat"):
+        ShapesT2IModel.load(path)
+    path.write_bytes(b"\x00garbage" * 100)
+    with pytest.raises(ValueError, match="corrupt|truncat"):
+        ShapesT2IModel.load(path)
+
+
+def test_missing_and_unexpected_keys(pipeline, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    path, _ = pipeline.t2i.save(tmp_path)
+    sd = load_file(str(path))
+    sd.pop("norm.weight")
+    sd["layers.9.attention.wqkv.weight"] = torch.zeros(1)
+    save_file(sd, str(path))
+    with pytest.raises(ValueError, match=r"(?s)missing.*norm\.weight.*unexpected.*layers\.9\.attention\.wqkv\.weight"):
+        ShapesT2IModel.load(path)

@@ -1,0 +1,167 @@
+"""Shapes-T2I model: caption tokenizer/encoder, weights file round trip, key errors, training resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from image_ar.caption_encoder import PAD_ID, VOCAB, CaptionEncoder, CaptionEncoderConfig, tokenize
+from image_ar.eval_t2i import sample_tokens
+from image_ar.shapes import caption, sample_scene
+from image_ar.t2i_model import ShapesT2IConfig, ShapesT2IModel, t2i_config
+from image_ar.train_t2i import TrainConfig, batch_indices, train
+
+PROMPT = "a large red circle at the top left on a blue background"
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models decode token by token; on a busy 2-core machine one thread is ~30x faster."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_model(seed: int = 0) -> ShapesT2IModel:
+    torch.manual_seed(seed)
+    model = ShapesT2IModel(t2i_config(dim=32, n_layer=2, n_head=2)).eval()
+    with torch.no_grad():  # the official init zeroes the head; make every tensor matter
+        model.gpt.output.weight.normal_(0.0, 0.5)
+    return model
+
+
+# --- caption tokenizer and encoder -------------------------------------------------------------
+
+
+def test_tokenizer_known_unknown_and_padding():
+    ids_BL, dropped = tokenize([PROMPT, "A LARGE, red circle!! at the Top-Left, on a blue zebra background."], 24)
+    assert ids_BL.shape == (2, 24)
+    words = PROMPT.split()
+    assert ids_BL[0, : len(words)].tolist() == [VOCAB.index(w) for w in words]
+    assert (ids_BL[0, len(words) :] == PAD_ID).all()
+    assert dropped[0] == [] and dropped[1] == ["zebra"]
+    assert torch.equal(ids_BL[1], ids_BL[0])  # case and punctuation do not matter
+
+
+def test_tokenizer_reports_words_past_the_slot_limit():
+    ids_BL, dropped = tokenize(["red " * 6 + "blue"], 5)
+    assert ids_BL.shape == (1, 5) and dropped == [["red", "blue"]]
+
+
+def test_every_grammar_caption_fits_the_condition_slots():
+    longest = max(len(caption(sample_scene(i)).split()) for i in range(3000))
+    assert longest <= t2i_config().gpt.cls_token_num
+    assert all(w in VOCAB for i in range(200) for w in caption(sample_scene(i)).split())
+
+
+def test_every_encoder_slot_sees_every_word():
+    """The GPT averages condition slots (zero RoPE rows), so each slot must carry the caption."""
+    torch.manual_seed(0)
+    enc = CaptionEncoder(CaptionEncoderConfig()).eval()
+    a, _ = enc.encode([PROMPT])
+    b, _ = enc.encode([PROMPT.replace("red", "green")])  # one word changed
+    c, _ = enc.encode(["a large red circle at the top left on a blue background".replace("top left", "left top")])
+    assert a.shape == (1, 24, 128)
+    assert ((a - b).abs().amax(-1) > 1e-4).all()  # every slot, padding included, changed
+    assert ((a - c).abs().amax(-1) > 1e-4).all()  # word order reaches every slot too
+
+
+def test_config_must_agree_on_slots_and_width():
+    cfg = t2i_config()
+    with pytest.raises(ValueError, match="cls_token_num"):
+        ShapesT2IConfig(cfg.gpt, CaptionEncoderConfig(seq_len=20))
+    with pytest.raises(ValueError, match="caption_dim"):
+        ShapesT2IConfig(cfg.gpt, CaptionEncoderConfig(dim=64, n_head=4))
+
+
+# --- model ---------------------------------------------------------------------------------------
+
+
+def test_teacher_forced_forward_matches_the_gpt_reference_and_cfg_dropout():
+    model = tiny_model()
+    ids_BL, _ = model.tokenize([PROMPT, "a small black square at the center on a white background"])
+    tokens_BN = torch.randint(0, 1024, (2, 256), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits_BNV = model(ids_BL, tokens_BN)
+        ref_BNV = model.gpt.full_logits(model.caption_encoder(ids_BL), tokens_BN)[:, :256]
+        torch.testing.assert_close(logits_BNV, ref_BNV, atol=1e-4, rtol=1e-4)
+        dropped_BNV = model(ids_BL, tokens_BN, drop_B=torch.tensor([True, False]))
+        null_BNV = model.gpt.full_logits(model.gpt.null_condition(1), tokens_BN[:1])[:, :256]
+        torch.testing.assert_close(dropped_BNV[:1], null_BNV, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(dropped_BNV[1:], logits_BNV[1:], atol=1e-5, rtol=1e-5)
+        cond_BLC, unknown = model.encode_captions([PROMPT + " please"])
+    assert cond_BLC.shape == (1, 24, 32) and unknown == [["please"]]
+    assert model.null_cond_embs(3).shape == (3, 24, 32)
+
+
+def test_save_load_roundtrip_gives_identical_logits(tmp_path):
+    model = tiny_model()
+    with torch.no_grad():  # the file is fp16: make the weights exactly representable first
+        for t in model.state_dict().values():
+            t.copy_(t.half().float())
+    path, json_path = model.save(tmp_path, {"command": "test"})
+    assert path.name == "shapes_t2i.safetensors" and json.loads(json_path.read_text())["command"] == "test"
+    sd = load_file(path)
+    assert all(t.dtype == torch.float16 for t in sd.values())
+    assert {"tok_embeddings.weight", "layers.0.attention.wqkv.weight", "cls_embedding.cap_proj.fc1.weight",
+            "cls_embedding.uncond_embedding", "output.weight", "caption_encoder.word_embedding.weight"} <= set(sd)  # fmt: skip
+    loaded = ShapesT2IModel.load(path)
+    assert loaded.cfg == model.cfg
+    ids_BL, _ = model.tokenize([PROMPT])
+    tokens_BN = torch.randint(0, 1024, (1, 256))
+    with torch.no_grad():
+        assert torch.equal(loaded(ids_BL, tokens_BN), model(ids_BL, tokens_BN))
+
+
+def test_missing_and_unexpected_keys_are_named(tmp_path):
+    path, _ = tiny_model().save(tmp_path / "m.safetensors")
+    sd = load_file(path)
+    del sd["caption_encoder.pos_embedding"]
+    sd["layers.9.attention.wo.weight"] = torch.zeros(2, 2, dtype=torch.float16)
+    save_file(sd, str(path))
+    with pytest.raises(ValueError, match=r"missing keys: caption_encoder\.pos_embedding") as err:
+        ShapesT2IModel.load(path)
+    assert "unexpected keys: layers.9.attention.wo.weight" in str(err.value)
+    path.with_suffix(".json").write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(ValueError, match="not a shapes-t2i"):
+        ShapesT2IModel.load(path)
+
+
+def test_sampler_shapes_and_seed(one_thread):
+    model = tiny_model()
+    a = sample_tokens(model, [PROMPT], cfg_scale=2.0, seed=3)
+    b = sample_tokens(model, [PROMPT], cfg_scale=2.0, seed=3)
+    assert a.shape == (1, 256) and torch.equal(a, b) and int(a.max()) < 1024
+
+
+# --- training ------------------------------------------------------------------------------------
+
+
+def test_data_order_is_a_permutation_per_epoch():
+    idx = torch.cat([batch_indices(p, 4, 10, seed=1) for p in range(0, 20, 4)])
+    assert sorted(idx[:10].tolist()) == list(range(10)) and sorted(idx[10:].tolist()) == list(range(10))
+
+
+def test_interrupted_training_resumes_to_the_same_weights(tmp_path, one_thread):
+    g = torch.Generator().manual_seed(0)
+    captions = [caption(sample_scene(i)) for i in range(16)]
+    torch.save({"tokens": torch.randint(0, 1024, (16, 256), generator=g).to(torch.int16), "captions": captions},
+               tmp_path / "tokens.pt")  # fmt: skip
+    model_cfg = t2i_config(dim=32, n_layer=1, n_head=2)
+    cfg = TrainConfig(data=str(tmp_path / "tokens.pt"), vq=None, steps=3, batch_size=4, warmup_steps=1,
+                      heldout_size=4, eval_every=2, log_every=1)  # fmt: skip
+    full, summary = train(model_cfg, cfg, tmp_path / "full", progress=False)
+    assert summary["step"] == 3 and summary["heldout_loss"] is not None
+    _, first = train(model_cfg, cfg, tmp_path / "resumed", stop_at=2, progress=False)
+    assert first["step"] == 2
+    seen = []
+    resumed, _ = train(model_cfg, cfg, tmp_path / "resumed", progress=False, on_step=lambda s, _: seen.append(s))
+    assert seen == [3]  # only the missing step ran
+    for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=k)
+    lines = [json.loads(x) for x in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if "loss" in r] == [1, 2, 3]
