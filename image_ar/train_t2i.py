@@ -141,9 +141,9 @@ def heldout_tokens(
         torch.manual_seed(cfg.seed)
         vq = VQModel(VQ_PRESETS["VQ-tiny"]).eval()
     else:
-        from image_ar.tokenize_shapes import load_shipped_vq
+        from image_ar.train_vq import load_trained_vq
 
-        vq = load_shipped_vq(cfg.vq)
+        vq = load_trained_vq(cfg.vq)
     tokens, captions = [], []
     with torch.no_grad():
         for start in range(0, cfg.heldout_size, 64):

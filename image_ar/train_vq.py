@@ -140,23 +140,23 @@ def restart_dead_codes(
     dead_K: torch.Tensor,
     z_ND: torch.Tensor,
     gen: torch.Generator,
-) -> int:
+) -> torch.Tensor:
     """Set the codebook rows flagged in ``dead_K`` to random distinct latents of ``z_ND``.
 
-    Their Adam moments are zeroed so stale statistics do not pull them back. Returns the count.
+    Their Adam moments are zeroed so stale statistics do not pull them back. Returns the ids
+    restarted (all flagged ones unless there are fewer latents than dead codes).
     """
-    dead_idx = dead_K.nonzero().flatten()
-    n = min(len(dead_idx), len(z_ND))
+    dead_idx = dead_K.nonzero().flatten()[: len(z_ND)]
+    n = len(dead_idx)
     if n == 0:
-        return 0
-    dead_idx = dead_idx[:n]
+        return dead_idx
     pick = torch.randperm(len(z_ND), generator=gen)[:n]
     weight = model.quantize.embedding.weight
     weight[dead_idx] = z_ND[pick].to(weight.dtype)
     for moment in opt.state.get(weight, {}).values():
         if torch.is_tensor(moment) and moment.shape == weight.shape:
             moment[dead_idx] = 0
-    return n
+    return dead_idx
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
@@ -248,8 +248,9 @@ def train(
             if cfg.restart_every and step % cfg.restart_every == 0 and step < cfg.restart_until * cfg.steps:
                 # a restarted code gets dead_after steps to be picked before it counts as dead again
                 dead_K = (step - torch.maximum(last_used_K, restarted_K)) >= cfg.dead_after
-                restarted = restart_dead_codes(model, opt, dead_K, z_ND, gen)
-                restarted_K[dead_K] = step
+                restarted_idx = restart_dead_codes(model, opt, dead_K, z_ND, gen)
+                restarted_K[restarted_idx] = step
+                restarted = len(restarted_idx)
             if step % cfg.log_every == 0 or step == end:
                 window = max(cfg.dead_after, 1)
                 metrics = {

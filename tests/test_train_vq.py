@@ -14,9 +14,9 @@ from image_ar.llamagen import VQConfig, load_vq
 from image_ar.train_vq import CHECKPOINT, TrainConfig, batch, export, load_trained_vq, to_uint8, train
 
 SHIPPED = Path(__file__).parents[1] / "image_ar" / "weights" / "vq_tiny.safetensors"
-# measured on the shipped weights: mean PSNR 24.4 dB over 500 test images, >= 22.9 dB on the
-# first 16 (the textured background's pixel noise caps any 16x16 tokenizer near 25 dB)
-SHIPPED_MIN_PSNR = 21.0
+# measured on the shipped weights: mean PSNR 24.6 dB over 500 test images, min 23.3 dB on the
+# first 16 (the background's per-pixel noise caps any 16x16 tokenizer at 25.5 dB mean)
+SHIPPED_MIN_PSNR = 22.0
 
 TINY_VQ = VQConfig(
     codebook_size=32,

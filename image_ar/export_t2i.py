@@ -1,0 +1,60 @@
+"""Write the shipped fp16 weights of the default model from a training checkpoint.
+
+Owns: turning ``<out-dir>/ckpt.pt`` of ``image_ar.train_t2i`` (finished or not) into
+``image_ar/weights/shapes_t2i.safetensors`` + ``.json``, recording the step reached, the
+losses, the command that trained it and the one that exported it, so an interrupted run
+still ships honest, labelled weights. ``train_t2i`` resumes from the same checkpoint.
+
+Usage: ``python -m image_ar.export_t2i --out-dir outputs/t2i_tiny --config image_ar/configs/t2i_tiny.json``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+
+from image_ar.t2i_model import ShapesT2IModel
+from image_ar.train_t2i import CKPT_NAME, load_config
+
+
+def export(out_dir: Path, config: Path, target: Path, default_guidance: float, command: str) -> Path:
+    """Save the checkpoint's model as fp16 weights at ``target``; return the weights path."""
+    ckpt_path = out_dir / CKPT_NAME
+    if not ckpt_path.exists():
+        raise FileNotFoundError(f"no training checkpoint at {ckpt_path}")
+    model_cfg, train_cfg = load_config(config)
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    model = ShapesT2IModel(model_cfg)
+    model.load_state_dict(ckpt["model"])
+    meta = {
+        "command": f"OMP_WAIT_POLICY=PASSIVE python -m image_ar.train_t2i --config {config} --out-dir {out_dir}",
+        "export_command": command,
+        "train": ckpt["configs"]["train"],
+        "result": {**ckpt["summary"], "step": ckpt["step"], "elapsed_s": ckpt["elapsed"]},
+        "finished": ckpt["step"] >= train_cfg.steps,
+        "default_guidance": default_guidance,
+    }
+    path, _ = model.eval().save(target, meta)
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out-dir", type=Path, default=Path("outputs/t2i_tiny"))
+    parser.add_argument("--config", type=Path, default=Path("image_ar/configs/t2i_tiny.json"))
+    parser.add_argument("--target", type=Path, default=Path("image_ar/weights/shapes_t2i.safetensors"))
+    parser.add_argument("--default-guidance", type=float, default=1.0)
+    args = parser.parse_args(argv)
+    command = "python -m image_ar.export_t2i " + shlex.join(sys.argv[1:] if argv is None else argv)
+    path = export(args.out_dir, args.config, args.target, args.default_guidance, command)
+    meta = json.loads(path.with_suffix(".json").read_text())
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) at step {meta['result']['step']}")
+
+
+if __name__ == "__main__":
+    main()
