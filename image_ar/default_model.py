@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from image_ar.llamagen.engine import ConditionedGPT
-from image_ar.llamagen.vq import VQConfig, VQModel
+from image_ar.llamagen.vq import VQModel
 from image_ar.shapes import parse_caption
 from mmaccel.images import ConditionedPrompts
 
@@ -69,8 +69,8 @@ class ShapesT2IPipeline:
 
 def load_default(device: str | torch.device = "cpu") -> ShapesT2IPipeline:
     """The shipped default model (fp16 weights, run in float32 on ``device``)."""
-    from image_ar.llamagen.loader import load_vq
     from image_ar.t2i_model import ShapesT2IModel
+    from image_ar.train_vq import load_trained_vq
 
     for path in (T2I_WEIGHTS, VQ_WEIGHTS):
         if not path.exists():
@@ -78,12 +78,7 @@ def load_default(device: str | torch.device = "cpu") -> ShapesT2IPipeline:
                 f"default model weights missing: {path}; they ship with the package (reinstall), or retrain "
                 "them with image_ar/train_vq.py and image_ar/train_t2i.py"
             )
-    vq_meta = json.loads(VQ_WEIGHTS.with_suffix(".json").read_text())
-    vq = load_vq(VQ_WEIGHTS, VQConfig(**_as_tuples(vq_meta["config"])), device=device)
+    vq = load_trained_vq(VQ_WEIGHTS).to(device)
     t2i = ShapesT2IModel.load(T2I_WEIGHTS).to(device)
     meta = json.loads(T2I_WEIGHTS.with_suffix(".json").read_text())
     return ShapesT2IPipeline(t2i, vq, default_guidance=float(meta.get("default_guidance", 1.0)))
-
-
-def _as_tuples(cfg: dict) -> dict:
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
