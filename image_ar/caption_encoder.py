@@ -15,6 +15,16 @@ bidirectional and unmasked: padding slots attend to the words too (padding is a 
 the caption length, so no information leaks in from outside the caption), which makes every
 one of the ``L`` slots informative and lets the GPT use all of them with no padding mask.
 
+Pretraining (``pretrain``). Official LlamaGen conditions on a *pretrained* text encoder
+(flan-t5-xl). Ours starts random, and trained end to end through the GPT's averaged
+condition slots it learns binding very slowly (measured: after 570 GPT steps a linear probe
+on the slot-mean read the background colour right 22% of the time, chance 12.5%). So before
+GPT training the encoder is trained for a few minutes as an autoencoder *through the same
+bottleneck the GPT has*: from the mean over slots alone, a small readout must recover every
+word at every position. That objective knows nothing of the grammar (no parser, no labels),
+yet it makes the slot-mean carry the whole ordered caption (after 1000 steps a linear probe
+on it reads background 79%, first object's position 95%, colour 83%, shape 93%).
+
 Must never: raise on words outside the grammar (they are dropped), or read anything but
 its own parameters.
 """
@@ -137,3 +147,62 @@ class CaptionEncoder(nn.Module):
         """Caption features ``[B, L, dim]`` of ``texts`` and the words dropped from each."""
         ids_BL, dropped = tokenize(texts, self.cfg.seq_len)
         return self.forward(ids_BL.to(self.pos_embedding.device)), dropped
+
+
+class SlotMeanReadout(nn.Module):
+    """Pretraining head: word logits ``[B, L, vocab]`` from the slot-mean of the features only."""
+
+    def __init__(self, cfg: CaptionEncoderConfig, hidden: int = 256) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(cfg.dim)
+        self.pos_query = nn.Parameter(torch.randn(cfg.seq_len, cfg.dim) * 0.02)
+        self.fc1 = nn.Linear(cfg.dim, hidden)
+        self.fc2 = nn.Linear(hidden, len(VOCAB))
+
+    def forward(self, feats_BLC: torch.Tensor) -> torch.Tensor:
+        pooled_B1C = self.norm(feats_BLC.mean(1, keepdim=True))  # what the GPT's uniform average sees
+        return self.fc2(F.gelu(self.fc1(pooled_B1C + self.pos_query)))
+
+
+def pretrain(
+    encoder: CaptionEncoder,
+    captions: Sequence[str],
+    steps: int = 1500,
+    batch_size: int = 256,
+    lr: float = 2e-3,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Train ``encoder`` in place to make its slot-mean an autoencoding of the whole caption.
+
+    Loss: cross-entropy of every slot's word id (padding included) read back by a
+    ``SlotMeanReadout`` from the mean over slots; AdamW, 5% linear warmup then cosine to 0.
+    Batches are drawn with a generator seeded by ``seed``. Returns the final loss and word
+    accuracy (on the last batch). The encoder's ``requires_grad`` flags are left as found.
+    """
+    ids_NL, _ = tokenize(captions, encoder.cfg.seq_len)
+    ids_NL = ids_NL.to(encoder.pos_embedding.device)
+    torch.manual_seed(seed)
+    readout = SlotMeanReadout(encoder.cfg).to(ids_NL.device)
+    requires = [p.requires_grad for p in encoder.parameters()]
+    encoder.requires_grad_(True)  # it may be frozen for GPT training; pretraining needs gradients
+    opt = torch.optim.AdamW([*encoder.parameters(), *readout.parameters()], lr=lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(seed)
+    was_training = encoder.training
+    encoder.train()
+    loss = acc = torch.zeros(())
+    for step in range(steps):
+        warm = min(1.0, (step + 1) / max(1, steps // 20))
+        for group in opt.param_groups:
+            # float32 cosine: the shipped weights were trained with exactly this schedule
+            group["lr"] = lr * warm * 0.5 * (1 + torch.cos(torch.tensor(step / steps * torch.pi)).item())
+        idx_B = torch.randint(0, ids_NL.shape[0], (batch_size,), generator=gen)
+        logits_BLV = readout(encoder(ids_NL[idx_B]))
+        loss = F.cross_entropy(logits_BLV.flatten(0, 1), ids_NL[idx_B].flatten())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        acc = (logits_BLV.argmax(-1) == ids_NL[idx_B]).float().mean()
+    encoder.train(was_training)
+    for p, r in zip(encoder.parameters(), requires, strict=True):
+        p.requires_grad_(r)
+    return {"loss": loss.item(), "word_accuracy": acc.item()}

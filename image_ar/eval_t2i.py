@@ -123,9 +123,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     torch.set_num_threads(args.threads)
-    from image_ar.tokenize_shapes import load_shipped_vq
+    from image_ar.train_vq import load_trained_vq
 
-    model, vq = ShapesT2IModel.load(args.weights), load_shipped_vq(args.vq)
+    model, vq = ShapesT2IModel.load(args.weights), load_trained_vq(args.vq)
     prompts = test_prompts(args.offset + args.n)[args.offset :]
     results = {}
     for scale in [float(s) for s in args.cfg.split(",")]:

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from image_ar.caption_encoder import tokenize
+from image_ar.caption_encoder import pretrain, tokenize
 from image_ar.t2i_model import ShapesT2IConfig, ShapesT2IModel, t2i_config
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,12 @@ class TrainConfig:
     ``data``: ``torch.save({"tokens": int16 [N, 256], "captions": list[str], ...})``.
     ``vq``: shipped VQ weights (json beside them) used to tokenize the held-out scenes; None
     means a random-init VQ-tiny (only for debugging the script). ``heldout_size`` test-split
-    scenes give the held-out loss every ``eval_every`` steps.
+    scenes give the held-out loss every ``eval_every`` steps. ``caption_pretrain_steps`` > 0
+    first trains the caption encoder alone (``image_ar.caption_encoder.pretrain``) on the
+    training captions; ``freeze_caption_encoder`` then keeps it fixed, as official LlamaGen
+    keeps its T5 fixed. ``init_from`` (a ``ckpt.pt`` of an earlier run, or exported
+    safetensors) starts the model from those weights instead of random ones -- a continuation
+    stage with its own schedule; caption pretraining is then skipped (the encoder comes with it).
     """
 
     data: str = "outputs/shapes_tokens_train.pt"
@@ -62,6 +67,10 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0
     cfg_dropout: float = 0.1
+    caption_pretrain_steps: int = 0
+    caption_pretrain_batch: int = 128
+    freeze_caption_encoder: bool = False
+    init_from: str | None = None
     bf16: bool = False
     compile: bool = False
     heldout_size: int = 256
@@ -172,6 +181,16 @@ def evaluate_loss(model: ShapesT2IModel, tokens: torch.Tensor, word_ids: torch.T
     return total / n
 
 
+def initial_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Float32 model state dict from a training ``ckpt.pt`` or an exported ``.safetensors``."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"init_from: {path} does not exist")
+    if path.suffix == ".safetensors":
+        return ShapesT2IModel.load(path).state_dict()
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
 def _atomic_save(obj: Any, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(obj, tmp)
@@ -204,10 +223,20 @@ def train(
 
     torch.manual_seed(cfg.seed)
     model = ShapesT2IModel(model_cfg).train()
+    model.caption_encoder.requires_grad_(not cfg.freeze_caption_encoder)
     opt = make_optimizer(model, cfg)
     step, data_pos, elapsed = 0, 0, 0.0
     summary: dict[str, Any] = {"train_loss": None, "heldout_loss": None}
     ckpt_path = out_dir / CKPT_NAME
+    if not ckpt_path.exists() and cfg.init_from is not None:
+        model.load_state_dict(initial_weights(cfg.init_from))
+        log.info("started from the weights of %s", cfg.init_from)
+    elif not ckpt_path.exists() and cfg.caption_pretrain_steps > 0:
+        t0 = time.perf_counter()
+        summary["caption_pretrain"] = pretrain(model.caption_encoder, captions, cfg.caption_pretrain_steps,
+                                               cfg.caption_pretrain_batch, seed=cfg.seed)  # fmt: skip
+        summary["caption_pretrain"]["seconds"] = time.perf_counter() - t0
+        log.info("caption encoder pretrained: %s", summary["caption_pretrain"])
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         if ckpt["configs"] != configs:

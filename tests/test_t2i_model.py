@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from image_ar.caption_encoder import PAD_ID, VOCAB, CaptionEncoder, CaptionEncoderConfig, tokenize
+from image_ar.caption_encoder import PAD_ID, VOCAB, CaptionEncoder, CaptionEncoderConfig, pretrain, tokenize
 from image_ar.eval_t2i import sample_tokens
 from image_ar.shapes import caption, sample_scene
 from image_ar.t2i_model import ShapesT2IConfig, ShapesT2IModel, t2i_config
@@ -68,6 +68,16 @@ def test_every_encoder_slot_sees_every_word():
     assert a.shape == (1, 24, 128)
     assert ((a - b).abs().amax(-1) > 1e-4).all()  # every slot, padding included, changed
     assert ((a - c).abs().amax(-1) > 1e-4).all()  # word order reaches every slot too
+
+
+def test_pretraining_makes_the_slot_mean_readable_and_keeps_frozen_flags(one_thread):
+    torch.manual_seed(0)
+    enc = CaptionEncoder(CaptionEncoderConfig(n_layer=1)).requires_grad_(False)
+    captions = [caption(sample_scene(i)) for i in range(64)]
+    first = pretrain(enc, captions, steps=1, batch_size=32)
+    later = pretrain(enc, captions, steps=40, batch_size=32, lr=3e-3)
+    assert later["loss"] < 0.85 * first["loss"]
+    assert not any(p.requires_grad for p in enc.parameters())
 
 
 def test_config_must_agree_on_slots_and_width():
