@@ -31,7 +31,9 @@ class GenerateOutput:
     ``sequences``: the input ids followed by ``max_new_tokens`` new tokens per row (rows that
     stop early are padded with ``pad_token_id``). ``num_forward_passes``: target forward
     passes of the call (prefill counts as 1). ``accepted_histogram[k]``: verify steps (summed
-    over rows) that emitted k tokens.
+    over rows) that emitted k tokens. ``token_forward_index[b, n]``: which target forward
+    committed new token ``n`` of row ``b`` (0 = the prefill, 1 = the first verify step, ...);
+    the per-step view of what each forward accepted.
     """
 
     sequences: torch.Tensor
@@ -42,6 +44,7 @@ class GenerateOutput:
     accepted_histogram: list[int]
     latency_s: float
     method: MethodConfig
+    token_forward_index: torch.Tensor | None = None  # [B, max_new_tokens]
     extras: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -240,6 +243,7 @@ def _decode(
     bar = tqdm(total=B * max_new_tokens, disable=not progress, desc=f"mmaccel {config.name}", unit="tok")
     emitted = B
     bar.update(emitted)
+    generated_after_F = [state.num_generated_B.clone()]  # device tensors: no sync per step
     while True:
         all_done, total = torch.stack([state.done_B.all().long(), state.num_generated_B.sum()]).tolist()
         bar.update(total - emitted)
@@ -250,6 +254,7 @@ def _decode(
             step, cache, drafter, acceptor, draft, state, ctx, sampling, max_new_tokens, eos_token_id
         )
         forwards += 1
+        generated_after_F.append(state.num_generated_B.clone())
     bar.close()
 
     pad = pad_token_id if pad_token_id is not None else (eos_token_id if eos_token_id is not None else 0)
@@ -259,6 +264,9 @@ def _decode(
     )
     new_BN = new_BN.cpu()
     sequences = torch.cat([input_ids.cpu(), new_BN.to(input_ids.dtype)], dim=1)
+    # token n was committed by the first forward f after which more than n tokens existed
+    gen_FB = torch.stack(generated_after_F).cpu()
+    token_forward_BN = (gen_FB[:, :, None] <= torch.arange(max_new_tokens)[None, None]).sum(0)
     return GenerateOutput(
         sequences=sequences,
         new_tokens=new_BN,
@@ -268,6 +276,7 @@ def _decode(
         accepted_histogram=state.emitted_hist_T.cpu().tolist(),
         latency_s=time.perf_counter() - t0,
         method=config,
+        token_forward_index=token_forward_BN,
     )
 
 

@@ -97,6 +97,9 @@ def test_statistics_and_drafting_really_happens():
     assert jac.num_forward_passes == 1 + 4  # prefill emits 1; then 4 steps of 8 tokens
     assert jac.accepted_histogram[8] == 8 and jac.accepted_histogram[1] == 2
     assert jac.tokens_per_forward == pytest.approx(33 / 5)
+    # per-step view: token 0 from the prefill, then 8 tokens per verify forward
+    assert ar.token_forward_index.tolist() == [list(range(33))] * 2
+    assert jac.token_forward_index[0].tolist() == [0] + [f for f in range(1, 5) for _ in range(8)]
 
 
 class ResampleFromP(SpeculativeSampling):
