@@ -39,6 +39,8 @@ class ShapesT2IPipeline:
         self.num_image_tokens = self.gpt.cfg.block_size
         self.grid = self.gpt.grid_width
         self.default_guidance = default_guidance
+        with torch.no_grad():  # held once, so LANTERN's neighbour table is built once per model
+            self.codebook = vq.quantize.codebook().detach().clone()
 
     @torch.no_grad()
     def condition(self, prompts: list[str], guidance: bool) -> ConditionedPrompts:
@@ -55,7 +57,7 @@ class ShapesT2IPipeline:
         B = len(prompts)
         if guidance:
             cond_BLC = torch.cat([cond_BLC, self.t2i.null_cond_embs(B).to(cond_BLC)])
-        lm = ConditionedGPT(self.gpt, cond_BLC)
+        lm = ConditionedGPT(self.gpt, cond_BLC, self.codebook.to(cond_BLC.device))
         ids = lm.placeholder_ids(B)
         return ConditionedPrompts(lm, ids, ids if guidance else None, tuple(warnings))
 

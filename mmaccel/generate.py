@@ -206,7 +206,7 @@ def _decode(
 ) -> GenerateOutput:
     t0 = time.perf_counter()
     device = _device_of(lm)
-    drafter, acceptor = build(config)
+    drafter, acceptor = build(config, lm)
     K = drafter.window
     B = input_ids.shape[0]
     rows, prompt_T = ids_BT.shape

@@ -11,7 +11,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from mmaccel.acceptors import Acceptor, ExactMatch, SJDAcceptor
+import torch
+
+from mmaccel.acceptors import Acceptor, ExactMatch, LanternAcceptor, SJDAcceptor, neighbour_table
 from mmaccel.drafters import INITS, Drafter, JacobiDrafter, NoDraft
 
 
@@ -39,6 +41,22 @@ class JacobiConfig:
     grid_width: int | None = None
 
 
+@dataclass(frozen=True)
+class LanternConfig(JacobiConfig):
+    """A Jacobi window verified with LANTERN's latent-relaxed acceptance (lossy, bounded).
+
+    ``lantern_k``: nearest codebook neighbours a draft may borrow probability from.
+    ``lantern_delta``: total-variation budget per step (default 0.1 when ``lantern_lambda``
+    is not given); ``lantern_lambda`` (>= 1): the multiplicative bound of LANTERN++ instead.
+    Needs a model that exposes its image tokenizer's ``codebook``.
+    """
+
+    name: str = "lantern"
+    lantern_k: int = 16
+    lantern_delta: float | None = None
+    lantern_lambda: float | None = None
+
+
 MethodConfig = ARConfig | JacobiConfig
 
 METHODS: dict[str, type] = {
@@ -46,6 +64,7 @@ METHODS: dict[str, type] = {
     "jacobi": JacobiConfig,
     "sjd": JacobiConfig,
     "sjd-coupled": JacobiConfig,
+    "lantern": LanternConfig,
 }
 
 DESCRIPTIONS: dict[str, str] = {
@@ -53,6 +72,7 @@ DESCRIPTIONS: dict[str, str] = {
     "jacobi": "Jacobi window, drafts kept while equal to the target's own draws; lossless",
     "sjd": "speculative Jacobi decoding (arXiv 2410.01699), accept with min(1, p/q); lossless",
     "sjd-coupled": "SJD with redraws coupled to the previous draft (MC-SJD, arXiv 2510.24211); lossless",
+    "lantern": "SJD window with LANTERN's latent-relaxed acceptance (arXiv 2410.03355); lossy, TV <= lantern_delta per step",
 }
 
 
@@ -86,12 +106,44 @@ def _validate(config: MethodConfig) -> None:
             raise ValueError(f"init must be one of {', '.join(INITS)}; got {config.init!r}")
         if config.grid_width is not None and config.grid_width < 1:
             raise ValueError(f"grid_width must be >= 1, got {config.grid_width!r}")
+    if isinstance(config, LanternConfig):
+        if config.lantern_delta is not None and config.lantern_lambda is not None:
+            raise ValueError("give lantern_delta or lantern_lambda, not both")
+        if not isinstance(config.lantern_k, int) or config.lantern_k < 1:
+            raise ValueError(f"lantern_k must be an integer >= 1, got {config.lantern_k!r}")
+        if config.lantern_delta is not None and not 0 <= config.lantern_delta <= 1:
+            raise ValueError(f"lantern_delta must be in [0, 1], got {config.lantern_delta!r}")
+        if config.lantern_lambda is not None and not config.lantern_lambda >= 1:
+            raise ValueError(f"lantern_lambda must be >= 1, got {config.lantern_lambda!r}")
 
 
-def build(config: MethodConfig) -> tuple[Drafter, Acceptor]:
-    """The drafter and acceptor of a method."""
+def codebook_of(lm: Any, method: str) -> torch.Tensor:
+    """The image-token codebook a latent-relaxed method needs; a clear error when there is none."""
+    codebook = getattr(lm, "codebook", None)
+    if not isinstance(codebook, torch.Tensor) or codebook.dim() != 2:
+        raise ValueError(
+            f"method {method!r} needs the image tokenizer's codebook, but model family "
+            f"{getattr(lm, 'family', type(lm).__name__)!r} exposes none (a `codebook` tensor [codes, dim])"
+        )
+    return codebook
+
+
+def build(config: MethodConfig, lm: Any = None) -> tuple[Drafter, Acceptor]:
+    """The drafter and acceptor of a method (``lm``: the model, for methods that read it)."""
     if isinstance(config, ARConfig):
         return NoDraft(), ExactMatch()
     drafter = JacobiDrafter(config.window, config.init, coupled=config.name == "sjd-coupled")
+    if isinstance(config, LanternConfig):
+        table = neighbour_table(
+            codebook_of(lm, config.name),
+            config.lantern_k,
+            getattr(lm, "image_token_offset", 0),
+            lm.vocab_size,
+        )
+        lam = config.lantern_lambda
+        delta = (
+            None if lam is not None else (config.lantern_delta if config.lantern_delta is not None else 0.1)
+        )
+        return drafter, LanternAcceptor(table, delta, lam)
     acceptor = ExactMatch() if config.name == "jacobi" else SJDAcceptor()
     return drafter, acceptor

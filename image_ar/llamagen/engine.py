@@ -6,7 +6,8 @@ from the bound ``cond_embs_BLC`` (conditional rows first, unconditional rows aft
 guidance doubles the batch), image tokens from the token embedding. Positions equal slots,
 which is LlamaGen's layout: condition slots 0..L-1, image token i at L + i.
 
-Must never: hold anything but the bound conditions; change them during a call.
+Must never: hold anything but the bound conditions (and the tokenizer's codebook); change them
+during a call.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ class ConditionedGPT:
 
     family = "llamagen"
 
-    def __init__(self, gpt: GPT, cond_embs_BLC: torch.Tensor) -> None:
-        self.gpt, self.cond_embs_BLC = gpt, cond_embs_BLC
+    def __init__(self, gpt: GPT, cond_embs_BLC: torch.Tensor, codebook: torch.Tensor | None = None) -> None:
+        # codebook: the VQ's code vectors [vocab, dim] as it quantizes (latent-relaxed methods read it)
+        self.gpt, self.cond_embs_BLC, self.codebook = gpt, cond_embs_BLC, codebook
         self.vocab_size, self.max_seq_len, self.grid_width = gpt.vocab_size, gpt.max_seq_len, gpt.grid_width
         self.cls_token_num = gpt.cfg.cls_token_num
 
