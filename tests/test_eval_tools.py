@@ -51,3 +51,18 @@ def test_cli_reports_bad_method(capsys):
 def test_cli_lists_methods(capsys):
     assert main(["methods"]) == 0
     assert "sjd-coupled" in capsys.readouterr().out
+
+
+def test_eval_dispatcher(capsys):
+    assert main(["eval", "-h"]) == 0
+    assert "compare" in capsys.readouterr().out
+    assert main(["eval", "bench"]) == 2
+    assert "unknown command 'bench'" in capsys.readouterr().err
+    from mmaccel.eval.commands import COMMANDS
+
+    assert COMMANDS["t2i"][:2] == COMMANDS["compare"][:2]  # the former t2i benchmark is compare
+
+
+def test_eval_compare_reports_bad_method(capsys):
+    assert main(["eval", "compare", "--methods", "ar,zip", "--prompts", "2"]) == 2
+    assert "unknown method 'zip'" in capsys.readouterr().err

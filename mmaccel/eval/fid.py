@@ -53,6 +53,9 @@ def inception_available() -> bool:
 def make_metric(extractor: nn.Module | None = None, name: str | None = None):
     """A torchmetrics FID metric over ``extractor`` (float images in [0, 1] -> ``[N, F]``).
 
+    The metric never synchronises across processes: distributed evaluations gather the images
+    on one process and compute the distance there.
+
     ``extractor=None``: Inception if its weights are present locally, else a ``ValueError``
     saying which extractor to pass instead.
     """
@@ -64,9 +67,10 @@ def make_metric(extractor: nn.Module | None = None, name: str | None = None):
                 "Inception weights are not on this machine and cannot be downloaded; pass a feature "
                 "extractor (e.g. image_ar.shapes_features.load_feature_net())"
             )
-        return FrechetInceptionDistance(feature=2048, normalize=True), name or "Inception"
+        return FrechetInceptionDistance(feature=2048, normalize=True, sync_on_compute=False), name or "Inception"
     extractor = extractor.eval()
-    metric = FrechetInceptionDistance(feature=extractor, normalize=True, input_img_size=(3, 64, 64))
+    metric = FrechetInceptionDistance(feature=extractor, normalize=True, input_img_size=(3, 64, 64),
+                                      sync_on_compute=False)  # fmt: skip
     return metric, name or type(extractor).__name__
 
 

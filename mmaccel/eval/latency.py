@@ -1,11 +1,13 @@
 """Latency benchmark: forward passes, tokens per forward, wall-clock, memory, ratio vs ``ar``.
 
 Owns: timing ``generate_image`` for several methods on one model and one prompt set, in one
-process, after a warm-up run of every method, with runs interleaved across methods so that
-drift in machine load hits all of them alike; medians over repeats; speed-up is always
-``median(ar) / median(method)`` from the same run.
+process, through ``runner.run_chunks`` (the prompt set cut into seeded chunks of ``batch``,
+exactly as ``eval compare`` cuts it, so both report the same forward passes), after a warm-up
+run of every method, with calls interleaved across methods so that drift in machine load hits
+all of them alike; medians over chunks and repeats (repeats re-time the same seeds); speed-up
+is always ``median(ar) / median(method)`` from the same run.
 
-Usage: ``python -m mmaccel.eval.latency --methods ar,sjd,sjd-coupled:init=vertical --batch 4``
+Usage: ``mmaccel eval latency --methods ar,sjd,sjd-coupled:init=vertical --prompts 8 --batch 8``
 
 Must never: assert on timings, or compare against a baseline measured in another run.
 """
@@ -14,14 +16,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+import platform
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
-from mmaccel.eval.common import MethodSpec, PeakMemory, markdown_table, median, parse_methods
+from mmaccel.eval.common import MethodSpec, markdown_table, parse_methods
+from mmaccel.eval.runner import default_prompts, make_runs, plan_chunks, run_chunks
+from mmaccel.eval.summary import speed_stats
 
+__all__ = ["LatencyRow", "default_prompts", "format_rows", "measure_latency", "main"]
 log = logging.getLogger(__name__)
 
 
@@ -30,10 +36,11 @@ class LatencyRow:
     method: str
     forward_passes: float  # median over images of target forwards spent on that image
     tokens_per_forward: float
-    latency_s: float  # median wall-clock of one call (one batch)
+    latency_s: float  # median wall-clock of one call (one chunk)
     images_per_s: float
     speedup_vs_ar: float
     peak_mem_mb: float
+    forward_passes_per_prompt: list[int]  # in prompt order (not a table column)
 
     HEADERS = ("method", "forward passes (median/image)", "tokens/forward", "wall-clock median (s)",
                "images/s", "speed-up vs ar", "peak memory (MB)")  # fmt: skip
@@ -46,41 +53,28 @@ class LatencyRow:
 def measure_latency(
     methods: Sequence[MethodSpec],
     prompts: Sequence[str],
-    model="shapes-t2i",
+    model: Any = "shapes-t2i",
     repeats: int = 3,
     seed: int = 0,
     guidance_scale: float | None = None,
     device: str = "cpu",
     progress: bool = True,
+    batch: int | None = None,
+    warmup: bool = True,
 ) -> list[LatencyRow]:
-    """Median statistics per method over ``repeats`` calls on ``prompts`` (one batch per call)."""
-    from mmaccel.images import generate_image
-
-    if not any(m.name == "ar" for m in methods):
-        methods = [MethodSpec("ar"), *methods]  # every speed figure is a ratio against ar
-    runs: dict[str, list] = {m.label: [] for m in methods}
-
-    def call(m: MethodSpec, s: int):
-        return generate_image(list(prompts), m.name, model=model, seed=s, guidance_scale=guidance_scale,
-                              return_output=True, **m.options)  # fmt: skip
-
-    for m in methods:  # warm-up: first-call allocations, lazy loading, kernel selection
-        call(m, seed)
-    with tqdm(total=repeats * len(methods), desc="latency", disable=not progress) as bar:
-        for r in range(repeats):
-            for m in methods:
-                with PeakMemory(device) as mem:
-                    out = call(m, seed + r)
-                runs[m.label].append((out, mem.peak_mb))
-                bar.update()
-    ar_latency = median([o.latency_s for o, _ in runs["ar"]])
+    """Median statistics per method over ``repeats`` passes over ``prompts`` in chunks of
+    ``batch`` (default: all prompts in one call); ``ar`` is added when missing."""
+    runs = make_runs(methods)
+    chunks = plan_chunks(len(prompts), batch or len(prompts))
+    results = run_chunks(runs, prompts, chunks, model=model, seed=seed, guidance_scale=guidance_scale,
+                         repeats=repeats, warmup=warmup, device=device, progress=progress, desc="latency")  # fmt: skip
+    ar_rows = [r for r in results if r.label == "ar"]
     rows = []
-    for m in methods:
-        outs = runs[m.label]
-        nfe = median([float(x) for o, _ in outs for x in o.generate_output.forward_passes_per_row])
-        lat = median([o.latency_s for o, _ in outs])
-        rows.append(LatencyRow(m.label, nfe, outs[0][0].num_tokens / nfe, lat, len(prompts) / lat,
-                               ar_latency / lat, max(p for _, p in outs)))  # fmt: skip
+    for run in runs:
+        s = speed_stats([r for r in results if r.label == run.label], ar_rows)
+        rows.append(LatencyRow(run.label, s["nfe_median"], s["tokens_per_forward"], s["latency_median_s"],
+                               s["images_per_s"], s["speedup_vs_ar"], s["peak_mem_mb"],
+                               s["forward_passes_per_prompt"]))  # fmt: skip
     return rows
 
 
@@ -88,32 +82,23 @@ def format_rows(rows: Sequence[LatencyRow]) -> str:
     return markdown_table(LatencyRow.HEADERS, [r.cells() for r in rows])
 
 
-def default_prompts(n: int, seed: int = 0) -> list[str]:
-    """``n`` held-out (test-split) Shapes-T2I captions."""
-    from image_ar.shapes import ShapesT2I
-
-    data = ShapesT2I(n, seed=seed, split="test")
-    from image_ar.shapes import caption
-
-    return [caption(data.scene(i)) for i in range(n)]
-
-
 def main(argv: list[str] | None = None) -> None:
+    from mmaccel.eval.commands import add_run_arguments
+
     parser = argparse.ArgumentParser(prog="mmaccel eval latency", description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", default="ar,sjd,sjd-coupled", help="e.g. ar,sjd:window=8,init=vertical")
-    parser.add_argument("--model", default="shapes-t2i")
-    parser.add_argument("--batch", type=int, default=4, help="prompts per call")
+    add_run_arguments(parser, prompts=None)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--guidance-scale", type=float, default=None)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args(argv)
+    args.prompts = args.prompts or args.batch  # default: one call of --batch prompts per method
     if args.threads:
         torch.set_num_threads(args.threads)
-    logging.basicConfig(level=logging.WARNING)
-    rows = measure_latency(parse_methods(args.methods), default_prompts(args.batch, args.seed), args.model,
-                           args.repeats, args.seed, args.guidance_scale)  # fmt: skip
-    print(f"model {args.model}, batch {args.batch}, {args.repeats} repeats, torch threads {torch.get_num_threads()}")
+    logging.basicConfig(level=logging.ERROR)
+    rows = measure_latency(parse_methods(args.methods), default_prompts(args.prompts, args.prompt_seed), args.model,
+                           args.repeats, args.seed, args.guidance_scale, batch=args.batch,
+                           warmup=args.warmup)  # fmt: skip
+    print(f"model {args.model}, {args.prompts} prompts (prompt seed {args.prompt_seed}) in batches of {args.batch}, "
+          f"seed {args.seed}, {args.repeats} repeats, {platform.machine()} CPU, "
+          f"torch threads {torch.get_num_threads()}")  # fmt: skip
     print(format_rows(rows))
 
 

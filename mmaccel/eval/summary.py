@@ -1,0 +1,177 @@
+"""Per-method figures from the records of ``runner.run_chunks``: speed and quality.
+
+Owns: the speed statistics every command reports (forward passes per image, tokens per
+forward, wall-clock per call, images/s, peak memory, ratios against ``ar`` from the same
+records), prompt accuracy (``prompt_accuracy.report``), and the Frechet distance against real
+Shapes-T2I test images under a named feature extractor, with the real images' statistics
+cached to a file whose name carries the extractor, a fingerprint of its weights, the number of
+real images and their seed.
+
+Must never: generate images, print, or mix records of different runs into one figure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from torch import nn
+from tqdm.auto import tqdm
+
+from mmaccel.eval.common import median
+from mmaccel.eval.runner import ChunkResult, in_prompt_order
+
+
+@dataclass(frozen=True)
+class FDReference:
+    """Where the real-image side of the Frechet distance comes from."""
+
+    extractor: nn.Module | None  # None: Inception (only when its weights are on this machine)
+    name: str  # the label every FD figure carries, e.g. "ShapesNet"
+    stats_path: Path  # cached real-image feature statistics
+    real: int  # number of real images
+    real_seed: int  # Shapes-T2I dataset seed of the real (test-split) images
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/mmaccel`` (``~/.cache/mmaccel``)."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mmaccel"
+
+
+def fingerprint(module: nn.Module) -> str:
+    """A short hash of a network's weights: cached statistics are only reused with the same weights."""
+    h = hashlib.sha1()
+    for key, value in sorted(module.state_dict().items()):
+        h.update(key.encode())
+        h.update(value.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:10]
+
+
+def fd_reference(extractor: str = "shapesnet", real: int = 1000, real_seed: int = 1,
+                 stats_path: Path | str | None = None) -> FDReference:  # fmt: skip
+    """The FD reference for ``extractor`` (``"shapesnet"``: the feature network trained here on
+    Shapes-T2I; ``"inception"``: torchmetrics' Inception, if its weights are present)."""
+    if real < 2:
+        raise ValueError(f"the Frechet distance needs at least 2 real images, got {real}")
+    if extractor == "shapesnet":
+        from image_ar.shapes_features import load_feature_net
+
+        net: nn.Module | None = load_feature_net()
+        name, tag = "ShapesNet", fingerprint(net)
+    elif extractor == "inception":
+        from mmaccel.eval.fid import inception_available
+
+        if not inception_available():
+            raise ValueError("Inception weights are not on this machine and cannot be downloaded; use shapesnet")
+        net, name, tag = None, "Inception", "torchmetrics"
+    else:
+        raise ValueError(f"unknown feature extractor {extractor!r}; use shapesnet or inception")
+    path = Path(stats_path) if stats_path else default_cache_dir() / f"fd_{name}_{tag}_real{real}_seed{real_seed}.pt"
+    return FDReference(net, name, path, real, real_seed)
+
+
+def real_images(n: int, seed: int = 1, progress: bool = False) -> list[Image.Image]:
+    """``n`` rendered test-split Shapes-T2I scenes of dataset seed ``seed``."""
+    from image_ar.shapes import sample_item
+
+    return [Image.fromarray(sample_item(i, seed, "test")[1])
+            for i in tqdm(range(n), desc="real images", disable=not progress, leave=False)]  # fmt: skip
+
+
+def frechet(images: Sequence[Image.Image], ref: FDReference, progress: bool = False) -> float:
+    """FD of ``images`` against ``ref`` (real images rendered only when the cache is missing)."""
+    from mmaccel.eval.fid import frechet_distance
+
+    reals = None if ref.stats_path.exists() else real_images(ref.real, ref.real_seed, progress)
+    return frechet_distance(images, reals, extractor=ref.extractor, name=ref.name, real_stats=ref.stats_path).fid
+
+
+def accuracy(images: Sequence[Image.Image], prompts: Sequence[str]) -> dict[str, float]:
+    """Prompt accuracy (``prompt_accuracy.report``) of images paired with prompts."""
+    from mmaccel.eval.prompt_accuracy import report
+
+    return report(list(images), list(prompts))
+
+
+def speed_stats(rows: Sequence[ChunkResult], ar_rows: Sequence[ChunkResult]) -> dict[str, Any]:
+    """Speed of one run (all its calls, every repeat) against ``ar``'s calls from the same run.
+
+    Forward passes come from repeat 0 in prompt order (repeats reuse the seeds, so they
+    repeat the counts); wall-clock figures use every call.
+    """
+    label = rows[0].label
+    first = in_prompt_order(rows, label)
+    nfe = [n for r in first for n in r.forward_passes]
+    ar_nfe = [n for r in in_prompt_order(ar_rows, ar_rows[0].label) for n in r.forward_passes]
+    lat, ar_lat = median([r.latency_s for r in rows]), median([r.latency_s for r in ar_rows])
+    hist: list[int] = []
+    for r in first:
+        hist += [0] * (len(r.accepted_histogram) - len(hist))
+        for k, c in enumerate(r.accepted_histogram):
+            hist[k] += c
+    return {
+        "forward_passes_per_prompt": nfe,
+        "nfe_median": median([float(n) for n in nfe]),
+        "nfe_mean": float(np.mean(nfe)),
+        "nfe_ratio_vs_ar": float(np.mean(nfe) / np.mean(ar_nfe)),
+        "tokens_per_forward": first[0].num_tokens * len(nfe) / float(sum(nfe)),
+        "latency_median_s": lat,
+        "wall_clock_ratio_vs_ar": lat / ar_lat,
+        "speedup_vs_ar": ar_lat / lat,
+        "images_per_s": sum(len(r.images) for r in rows) / sum(r.latency_s for r in rows),
+        "peak_mem_mb": max(r.peak_mem_mb for r in rows),
+        "accepted_histogram": hist,
+    }
+
+
+def fd_column(summary: dict[str, dict[str, Any]]) -> tuple[str, str] | None:
+    """(key, label) of the FD figure in a summary, e.g. ("fd_shapesnet", "FD-ShapesNet")."""
+    first = next(iter(summary.values()))
+    return (f"fd_{first['fd_extractor'].lower()}", f"FD-{first['fd_extractor']}") if "fd_extractor" in first else None
+
+
+def image_digest(images: Sequence[Image.Image]) -> str:
+    """SHA-1 of the images' RGB bytes in order: equal digests, identical images."""
+    h = hashlib.sha1()
+    for im in images:
+        h.update(np.asarray(im.convert("RGB")).tobytes())
+    return h.hexdigest()
+
+
+def summarise(
+    results: Sequence[ChunkResult],
+    labels: Sequence[str],
+    prompts: Sequence[str],
+    *,
+    metrics: Sequence[str] = ("speed", "accuracy", "fd"),
+    fd_ref: FDReference | None = None,
+    progress: bool = True,
+) -> dict[str, dict[str, Any]]:
+    """Figures per run label (``ar`` must be among them): ``metrics`` chooses speed, accuracy, fd."""
+    if "fd" in metrics and fd_ref is None:
+        raise ValueError("metric 'fd' needs an FDReference")
+    by_label = {label: [r for r in results if r.label == label] for label in labels}
+    if "ar" not in by_label or not by_label["ar"]:
+        raise ValueError("the records hold no plain 'ar' run; every ratio is against it")
+    summary: dict[str, dict[str, Any]] = {}
+    for label in tqdm(labels, desc="scoring", disable=not progress, leave=False):
+        rows = by_label[label]
+        images = [im for r in in_prompt_order(rows, label) for im in r.images]
+        if len(images) != len(prompts):
+            raise RuntimeError(f"{label!r}: {len(images)} images for {len(prompts)} prompts")
+        s: dict[str, Any] = {"images_sha1": image_digest(images)}
+        if "accuracy" in metrics:
+            s.update(accuracy(images, prompts))
+        if fd_ref is not None and "fd" in metrics:
+            s[f"fd_{fd_ref.name.lower()}"] = frechet(images, fd_ref, progress)
+            s["fd_extractor"] = fd_ref.name
+        if "speed" in metrics:
+            s.update(speed_stats(rows, by_label["ar"]))
+        summary[label] = s
+    return summary
