@@ -1,0 +1,1 @@
+"""Runnable demos of mmaccel: the Gradio app (``python -m demos.app``) and its drawing helpers."""

@@ -1,0 +1,161 @@
+"""Pictures of *when* each image token was committed: the per-step view of a decoding run.
+
+Owns: the forward-index heat map (one cell per image token, coloured by the target forward
+that committed it, outlined where neighbouring tokens came from different forwards, so a run
+of tokens accepted together shows as one outlined block) and the animated GIF of the token
+grids of two runs filling forward by forward, side by side.
+
+Input is ``GenerateOutput.token_forward_index[b]`` for one image (``forward_N[n]`` = the
+forward that committed token ``n``, raster order; 0 = the prefill) and the decoded image.
+
+Must never: decode, time or load anything; it only draws results it is given.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+# viridis at 5 stops: perceptually ordered, readable for colour-blind viewers
+_STOPS = np.array(
+    [(68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37)], dtype=np.float64
+)
+_EDGE = np.array([255, 255, 255], dtype=np.uint8)
+_PENDING = np.array([200, 200, 200], dtype=np.uint8)  # not yet committed
+_NEW = np.array([255, 40, 200], dtype=np.float64)  # committed by the current forward
+
+
+def grid_side(num_tokens: int) -> int:
+    """Side of the square token grid (16 for the 256 tokens of a 64x64 Shapes-T2I image)."""
+    side = math.isqrt(num_tokens)
+    if side * side != num_tokens:
+        raise ValueError(f"expected a square token grid, got {num_tokens} tokens")
+    return side
+
+
+def colormap(t: np.ndarray) -> np.ndarray:
+    """Values in [0, 1] (any shape) -> RGB uint8 of shape ``t.shape + (3,)``."""
+    x = np.clip(np.asarray(t, dtype=np.float64), 0.0, 1.0) * (len(_STOPS) - 1)
+    i = np.minimum(x.astype(np.int64), len(_STOPS) - 2)
+    frac = (x - i)[..., None]
+    return (_STOPS[i] * (1 - frac) + _STOPS[i + 1] * frac).round().astype(np.uint8)
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has only the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def heat_map(
+    forward_N: np.ndarray, num_forwards: int | None = None, cell: int = 16, title: str = ""
+) -> Image.Image:
+    """The token grid coloured by the forward that committed each token, with a legend.
+
+    ``num_forwards`` fixes the colour scale (default: the run's own forwards, so the first
+    forward is dark and the last bright). White lines separate tokens committed by different
+    forwards: a block without inner lines was accepted by one forward. ``title`` goes above.
+    """
+    forward_N = np.asarray(forward_N)
+    num_forwards = int(forward_N.max()) + 1 if num_forwards is None else num_forwards
+    side = grid_side(forward_N.size)
+    grid_HW = forward_N.reshape(side, side)
+    rgb_HW3 = colormap(grid_HW / max(num_forwards - 1, 1))
+    pixels = np.repeat(np.repeat(rgb_HW3, cell, axis=0), cell, axis=1)
+    ys, xs = np.mgrid[0 : side * cell, 0 : side * cell]
+    r, c = ys // cell, xs // cell
+    left = (xs % cell == 0) & (c > 0)
+    top = (ys % cell == 0) & (r > 0)
+    edge = np.zeros(pixels.shape[:2], dtype=bool)
+    edge[left] = grid_HW[r[left], c[left]] != grid_HW[r[left], c[left] - 1]
+    edge[top] |= grid_HW[r[top], c[top]] != grid_HW[r[top] - 1, c[top]]
+    pixels[edge] = _EDGE
+
+    width = side * cell
+    legend = Image.new("RGB", (width, 34), (255, 255, 255))
+    bar = colormap(np.linspace(0, 1, width))[None].repeat(10, axis=0)
+    legend.paste(Image.fromarray(bar), (0, 2))
+    draw, font = ImageDraw.Draw(legend), _font(11)
+    draw.text((0, 14), "forward 0", fill=(0, 0, 0), font=font)
+    draw.text((width, 14), f"{num_forwards - 1}", fill=(0, 0, 0), font=font, anchor="ra")
+    top = 20 if title else 0
+    out = Image.new("RGB", (width, top + width + legend.height), (255, 255, 255))
+    if title:
+        ImageDraw.Draw(out).text((0, 3), title, fill=(0, 0, 0), font=_font(12))
+    out.paste(Image.fromarray(pixels), (0, top))
+    out.paste(legend, (0, top + width))
+    return out
+
+
+class _Panel:
+    """One run in the animation: committed tokens show the final image, the newest tinted."""
+
+    def __init__(self, image: Image.Image, forward_N: np.ndarray, scale: int) -> None:
+        side = grid_side(forward_N.size)
+        self.img = np.asarray(
+            image.convert("RGB").resize((image.width * scale, image.height * scale), Image.NEAREST)
+        )
+        H, W = self.img.shape[:2]
+        token_HW = (np.arange(H)[:, None] * side // H) * side + np.arange(W)[None] * side // W
+        self.fwd_HW = forward_N[token_HW]
+        self.tinted = (0.45 * self.img + 0.55 * _NEW).astype(np.uint8)
+
+    def frame(self, prev: int, end: int) -> Image.Image:
+        """Tokens of forwards <= ``end`` shown; those of forwards in (prev, end] tinted."""
+        out = np.where((self.fwd_HW <= end)[..., None], self.img, _PENDING)
+        new_HW = (self.fwd_HW > prev) & (self.fwd_HW <= end)
+        return Image.fromarray(np.where(new_HW[..., None], self.tinted, out).astype(np.uint8))
+
+
+def filling_gif(
+    runs: list[tuple[str, Image.Image, np.ndarray]], scale: int = 3, frame_ms: int = 50, max_frames: int = 128
+) -> bytes:
+    """An animated GIF of several runs filling their token grids, forward by forward.
+
+    ``runs``: (label, final image, forward_N) each. Each frame shows every token committed so
+    far, the tokens committed since the previous frame tinted magenta. One frame per forward
+    up to ``max_frames``; longer runs show a few forwards per frame. Runs that finish early
+    hold their final image.
+    """
+    forwards = [np.asarray(fwd) for _, _, fwd in runs]
+    panels = [_Panel(img, fwd, scale) for (_, img, _), fwd in zip(runs, forwards, strict=True)]
+    H, W = panels[0].img.shape[:2]
+    gap, caption = 12, 34
+    size = (len(runs) * W + (len(runs) - 1) * gap, H + caption)
+    font = _font(12)
+    last_all = max(int(fwd.max()) for fwd in forwards)
+    stride = math.ceil((last_all + 1) / max_frames)
+    ends = sorted(set(range(0, last_all + 1, stride)) | {last_all})
+
+    def compose(prev: int, end: int) -> Image.Image:
+        canvas = Image.new("RGB", size, (255, 255, 255))
+        draw = ImageDraw.Draw(canvas)
+        for i, ((label, _, _), fwd, panel) in enumerate(zip(runs, forwards, panels, strict=True)):
+            x, last = i * (W + gap), int(fwd.max())
+            canvas.paste(panel.frame(prev, end), (x, 0))
+            draw.text((x, H + 3), label, fill=(0, 0, 0), font=font)
+            if end >= last:
+                text = f"done after {last + 1} forwards"
+            else:
+                text = f"forward {end}: {int((fwd <= end).sum())}/{fwd.size} tokens"
+            draw.text((x, H + 18), text, fill=(60, 60, 60), font=font)
+        return canvas
+
+    frames = [compose(prev, end) for prev, end in zip([-1, *ends[:-1]], ends, strict=True)]
+    frames.append(compose(last_all, last_all))  # the finished pictures, nothing tinted
+    # one shared palette (final pictures, their tinted versions, empty grids, text) keeps frames small
+    source = Image.new("RGB", (size[0], 3 * size[1]))
+    for i, frame in enumerate((frames[-1], compose(-1, last_all), compose(-1, -1))):
+        source.paste(frame, (0, i * size[1]))
+    palette = source.quantize(colors=255)
+    indexed = [frame.quantize(palette=palette, dither=Image.Dither.NONE) for frame in frames]
+    buf = io.BytesIO()
+    durations = [frame_ms] * (len(frames) - 1) + [2500]
+    indexed[0].save(
+        buf, format="GIF", save_all=True, append_images=indexed[1:], duration=durations, loop=0, optimize=True
+    )
+    return buf.getvalue()
