@@ -18,10 +18,11 @@ from tqdm.auto import tqdm
 
 from mmaccel.compiled import MODES, CompiledStep
 from mmaccel.drafters import DraftContext
-from mmaccel.methods import JacobiConfig, MethodConfig, build, resolve_method
+from mmaccel.methods import JacobiConfig, MethodConfig, ZipARConfig, build, resolve_method
 from mmaccel.models import CausalLM, as_causal_lm
 from mmaccel.sampling import SamplingConfig, sample
 from mmaccel.verify import DecodeState, target_probs, verify_step
+from mmaccel.zipar import ZipARLayout, ZipARRunner, num_streams
 
 
 @dataclass
@@ -160,6 +161,21 @@ def generate(
             f"init='vertical' copies the token one grid row up, but model family {lm.family!r} declares "
             "no grid width; pass grid_width=... or use init='random' or 'horizontal'"
         )
+    if isinstance(config, ZipARConfig):
+        if grid_width is None:
+            raise ValueError(
+                f"method {config.name!r} decodes a raster grid, but model family {lm.family!r} declares no grid "
+                "width; pass grid_width=... for an image model, or use a method without a grid"
+            )
+        if max_new_tokens % grid_width:
+            raise ValueError(
+                f"method {config.name!r} needs max_new_tokens ({max_new_tokens}) to be whole rows of the "
+                f"grid (a multiple of grid_width={grid_width})"
+            )
+        if eos_token_id is not None:
+            raise ValueError(
+                f"method {config.name!r} decodes fixed-size images; eos_token_id is not supported"
+            )
     ids_BT, lens_B = _pack(input_ids, attention_mask)
     if uncond_input_ids is not None:
         u_ids, u_lens = _pack(uncond_input_ids, uncond_attention_mask)
@@ -212,7 +228,13 @@ def _decode(
     rows, prompt_T = ids_BT.shape
     ids_BT, lens_B = ids_BT.to(device), lens_B.to(device)
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
-    cache = lm.new_cache(rows, prompt_T + max_new_tokens + K + 1)
+    zipar = None
+    if isinstance(config, ZipARConfig):
+        H = max_new_tokens // grid_width
+        zipar = ZipARLayout(H, grid_width, min(config.zipar_window, grid_width),
+                            num_streams(H, grid_width, config.zipar_window), K)  # fmt: skip
+    block = K + 1 if zipar is None else zipar.streams * (K + 1)
+    cache = lm.new_cache(rows, prompt_T + max_new_tokens + block)
 
     # prefill: the whole (right-padded) prompt in one forward; padding is masked out by lens_B
     slots_BT = cache.slots(prompt_T)
@@ -238,6 +260,13 @@ def _decode(
         slots = cache.slots(tokens_BT.shape[1])
         return lm.forward(tokens_BT, slots, cache, slots, cache.attn_mask(tokens_BT.shape[1]))
 
+    if zipar is not None:
+        # positions and masks come from the ZipAR schedule, not from the fill length
+        def forward_streams(tokens_BT, pos_BT, slots_BT, mask_BTS):
+            return lm.forward(tokens_BT, pos_BT, cache, slots_BT, mask_BTS)
+
+        runner = ZipARRunner(zipar, CompiledStep(forward_streams, [(rows, block)], mode=compile_mode), cache,
+                             drafter, acceptor, sampling, ctx, state, lens_B)  # fmt: skip
     step = CompiledStep(forward_block, [(rows, K + 1)], mode=compile_mode)
     forwards = 1
     bar = tqdm(total=B * max_new_tokens, disable=not progress, desc=f"mmaccel {config.name}", unit="tok")
@@ -250,9 +279,12 @@ def _decode(
         emitted = total
         if all_done:
             break
-        draft = verify_step(
-            step, cache, drafter, acceptor, draft, state, ctx, sampling, max_new_tokens, eos_token_id
-        )
+        if zipar is not None:
+            runner.step()
+        else:
+            draft = verify_step(
+                step, cache, drafter, acceptor, draft, state, ctx, sampling, max_new_tokens, eos_token_id
+            )
         forwards += 1
         generated_after_F.append(state.num_generated_B.clone())
     bar.close()
@@ -267,6 +299,8 @@ def _decode(
     # token n was committed by the first forward f after which more than n tokens existed
     gen_FB = torch.stack(generated_after_F).cpu()
     token_forward_BN = (gen_FB[:, :, None] <= torch.arange(max_new_tokens)[None, None]).sum(0)
+    if zipar is not None:  # tokens are not emitted in raster order
+        token_forward_BN = runner.token_forward_BN[:, :max_new_tokens].cpu()
     return GenerateOutput(
         sequences=sequences,
         new_tokens=new_BN,

@@ -57,7 +57,22 @@ class LanternConfig(JacobiConfig):
     lantern_lambda: float | None = None
 
 
+@dataclass(frozen=True)
+class ZipARConfig(LanternConfig):
+    """ZipAR spatial next-set decoding on the model's raster grid (lossy unless w >= width).
+
+    ``zipar_window`` (w): row r + 1 starts once row r holds w tokens. ``zipar`` advances
+    every active row one token per forward; ``zipar+sjd`` / ``zipar+lantern`` give each row
+    its own Jacobi window of ``window`` drafts, verified with SJD / LANTERN in the same forward.
+    """
+
+    name: str = "zipar"
+    window: int = 8
+    zipar_window: int = 8
+
+
 MethodConfig = ARConfig | JacobiConfig
+ZIPAR_ACCEPTORS = {"zipar": "sjd", "zipar+sjd": "sjd", "zipar+lantern": "lantern"}
 
 METHODS: dict[str, type] = {
     "ar": ARConfig,
@@ -65,6 +80,9 @@ METHODS: dict[str, type] = {
     "sjd": JacobiConfig,
     "sjd-coupled": JacobiConfig,
     "lantern": LanternConfig,
+    "zipar": ZipARConfig,
+    "zipar+sjd": ZipARConfig,
+    "zipar+lantern": ZipARConfig,
 }
 
 DESCRIPTIONS: dict[str, str] = {
@@ -73,6 +91,9 @@ DESCRIPTIONS: dict[str, str] = {
     "sjd": "speculative Jacobi decoding (arXiv 2410.01699), accept with min(1, p/q); lossless",
     "sjd-coupled": "SJD with redraws coupled to the previous draft (MC-SJD, arXiv 2510.24211); lossless",
     "lantern": "SJD window with LANTERN's latent-relaxed acceptance (arXiv 2410.03355); lossy, TV <= lantern_delta per step",
+    "zipar": "ZipAR (arXiv 2412.04062): rows start once the row above has zipar_window tokens; lossy",
+    "zipar+sjd": "ZipAR with an SJD window on every active row, verified in the same forward; lossy",
+    "zipar+lantern": "ZipAR with a LANTERN-verified window on every active row; lossy",
 }
 
 
@@ -106,6 +127,9 @@ def _validate(config: MethodConfig) -> None:
             raise ValueError(f"init must be one of {', '.join(INITS)}; got {config.init!r}")
         if config.grid_width is not None and config.grid_width < 1:
             raise ValueError(f"grid_width must be >= 1, got {config.grid_width!r}")
+    if isinstance(config, ZipARConfig):
+        if not isinstance(config.zipar_window, int) or config.zipar_window < 1:
+            raise ValueError(f"zipar_window must be an integer >= 1, got {config.zipar_window!r}")
     if isinstance(config, LanternConfig):
         if config.lantern_delta is not None and config.lantern_lambda is not None:
             raise ValueError("give lantern_delta or lantern_lambda, not both")
@@ -132,7 +156,12 @@ def build(config: MethodConfig, lm: Any = None) -> tuple[Drafter, Acceptor]:
     """The drafter and acceptor of a method (``lm``: the model, for methods that read it)."""
     if isinstance(config, ARConfig):
         return NoDraft(), ExactMatch()
-    drafter = JacobiDrafter(config.window, config.init, coupled=config.name == "sjd-coupled")
+    if isinstance(config, ZipARConfig):
+        drafter = NoDraft() if config.name == "zipar" else JacobiDrafter(config.window, config.init)
+        if ZIPAR_ACCEPTORS[config.name] == "sjd":
+            return drafter, SJDAcceptor()
+    else:
+        drafter = JacobiDrafter(config.window, config.init, coupled=config.name == "sjd-coupled")
     if isinstance(config, LanternConfig):
         table = neighbour_table(
             codebook_of(lm, config.name),
