@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup image test test-slow lint clean
+.PHONY: setup image test test-slow lint clean bench-accel
 
 PROMPT ?= a large red circle at the top left on a blue background
 METHOD ?= sjd
@@ -27,6 +27,11 @@ test: setup
 
 test-slow: setup
 	$(PY) -m pytest -m slow
+
+ACCEL_METHODS ?= ar,sjd,lantern:lantern_delta=0.05,lantern:lantern_delta=0.1,lantern:lantern_delta=0.2,lantern:lantern_delta=0.4,zipar:zipar_window=8,zipar:zipar_window=4,zipar:zipar_window=2,zipar:zipar_window=1,zipar+sjd:zipar_window=4,zipar+sjd:zipar_window=2,zipar+lantern:zipar_window=2,lantern_delta=0.2
+
+bench-accel: setup
+	$(VENV)/bin/mmaccel eval compare --methods "$(ACCEL_METHODS)" --prompts 200 --real 1000 --out docs/benchmarks/accelerators
 
 lint: setup
 	$(VENV)/bin/ruff check .

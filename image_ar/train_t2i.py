@@ -229,7 +229,10 @@ def train(
     summary: dict[str, Any] = {"train_loss": None, "heldout_loss": None}
     ckpt_path = out_dir / CKPT_NAME
     if not ckpt_path.exists() and cfg.init_from is not None:
-        model.load_state_dict(initial_weights(cfg.init_from))
+        missing, unexpected = model.load_state_dict(initial_weights(cfg.init_from), strict=False)
+        # only parameters the earlier stage did not have may be missing; they keep their (zero) init
+        if unexpected or any(not k.startswith("gpt.image_pos_embedding.") for k in missing):
+            raise ValueError(f"init_from {cfg.init_from}: missing {missing}, unexpected {unexpected}")
         log.info("started from the weights of %s", cfg.init_from)
     elif not ckpt_path.exists() and cfg.caption_pretrain_steps > 0:
         t0 = time.perf_counter()

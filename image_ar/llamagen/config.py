@@ -35,6 +35,10 @@ class GPTConfig:
         caption_len: rows of the t2i null caption ``uncond_embedding`` (official: fixed 120).
         class_dropout_prob: > 0 adds the null-class row (c2i) as in official training.
         block_size: image tokens per sample, a square (256 = 16 x 16).
+        image_pos_embedding: NOT in official LlamaGen (keep False to load its checkpoints):
+            a learned absolute embedding per image position, added to the token embedding.
+            Official models know where a token is only through relative 2D RoPE; a tiny
+            model trained briefly could not place objects where the caption says without it.
     """
 
     dim: int = 4096
@@ -54,6 +58,7 @@ class GPTConfig:
     caption_len: int = 120
     class_dropout_prob: float = 0.1
     block_size: int = 256
+    image_pos_embedding: bool = False
 
     def __post_init__(self) -> None:
         if self.model_type not in ("c2i", "t2i"):

@@ -166,6 +166,8 @@ class GPT(nn.Module):
         else:
             self.cls_embedding = CaptionEmbedder(cfg)
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
+        if cfg.image_pos_embedding:  # project variant (see GPTConfig); starts at zero
+            self.image_pos_embedding = nn.Embedding(cfg.block_size, cfg.dim)
         self.layers = nn.ModuleList(TransformerBlock(cfg, i) for i in range(cfg.n_layer))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
@@ -179,6 +181,8 @@ class GPT(nn.Module):
                 module.weight.normal_(0.0, self.cfg.initializer_range)
         if zero_output:
             self.output.weight.zero_()
+        if self.cfg.image_pos_embedding:  # zero: a model gains it without changing its function
+            self.image_pos_embedding.weight.zero_()
 
     # --- conditions -------------------------------------------------------------------------
 
@@ -290,8 +294,8 @@ class GPT(nn.Module):
         """
         cond_embs_BLC = self.condition_embeddings(cond)
         B, N, L = image_tokens_BN.shape[0], image_tokens_BN.shape[1], self.cls_token_num
-        x_BTC = torch.cat([cond_embs_BLC, self.tok_embeddings(image_tokens_BN)], dim=1)
-        pos_BT = torch.arange(L + N, device=x_BTC.device).expand(B, -1)
+        pos_BT = torch.arange(L + N, device=image_tokens_BN.device).expand(B, -1)
+        x_BTC = torch.cat([cond_embs_BLC, self._image_embed(image_tokens_BN, pos_BT[:, L:])], dim=1)
         mask_BTS = (
             torch.ones(L + N, L + N, dtype=torch.bool, device=x_BTC.device).tril()[None].expand(B, -1, -1)
         )
@@ -304,13 +308,20 @@ class GPT(nn.Module):
     def _embed(
         self, tokens_BT: torch.Tensor, pos_BT: torch.Tensor, cond_embs_BLC: torch.Tensor | None
     ) -> torch.Tensor:
-        x_BTC = self.tok_embeddings(tokens_BT.clamp(0, self.vocab_size - 1))
+        x_BTC = self._image_embed(tokens_BT.clamp(0, self.vocab_size - 1), pos_BT)
         if cond_embs_BLC is None:
             return x_BTC
         L = self.cls_token_num
         idx_BTC = pos_BT.clamp(0, L - 1)[..., None].expand(-1, -1, x_BTC.shape[-1])
         cond_BTC = cond_embs_BLC.to(x_BTC.dtype).gather(1, idx_BTC)
         return torch.where((pos_BT < L)[..., None], cond_BTC, x_BTC)
+
+    def _image_embed(self, tokens_BT: torch.Tensor, pos_BT: torch.Tensor) -> torch.Tensor:
+        x_BTC = self.tok_embeddings(tokens_BT)
+        if self.cfg.image_pos_embedding:
+            idx_BT = (pos_BT - self.cls_token_num).clamp(0, self.cfg.block_size - 1)
+            x_BTC = x_BTC + self.image_pos_embedding(idx_BT).to(x_BTC.dtype)
+        return x_BTC
 
     def _run(self, x_BTC, pos_BT, cache, slots_BT, mask_B1TS) -> torch.Tensor:
         rope_BTP2 = rope_2d(pos_BT, self.cfg)
