@@ -41,7 +41,10 @@ GPT_FIELDS = set(GPTConfig.__dataclass_fields__)
 
 
 def gpt_config(name: str) -> GPTConfig:
-    return GPTConfig(**{k: v for k, v in FIXTURE["configs"][name].items() if k in GPT_FIELDS})
+    """An official config from the fixture; ``+pos`` adds the project's image-position embedding."""
+    base, _, variant = name.partition("+")
+    fields = {k: v for k, v in FIXTURE["configs"][base].items() if k in GPT_FIELDS}
+    return GPTConfig(**fields, image_pos_embedding=variant == "pos")
 
 
 def vq_config() -> VQConfig:
@@ -146,7 +149,7 @@ def test_rope_pairs_are_interleaved_complex_rotations():
 # --- cached decoding through the protocol ---------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["gpt_c2i", "gpt_t2i"])
+@pytest.mark.parametrize("name", ["gpt_c2i", "gpt_t2i", "gpt_t2i+pos"])
 def test_cached_decoding_equals_full_logits(name):
     model = random_gpt(name)
     B, N, L = 2, 10, model.cls_token_num
