@@ -7,7 +7,7 @@ checkpoints every few minutes with automatic resume (model, optimizer, step and 
 position), a held-out loss on test-split scenes tokenized with the VQ, and the final fp16
 export with the exact command in its json.
 
-Run:  OMP_WAIT_POLICY=PASSIVE python -m image_ar.train_t2i --config image_ar/configs/t2i_tiny.json --out-dir outputs/t2i_tiny \
+Run:  OMP_WAIT_POLICY=PASSIVE python -m image_ar.train_t2i --config image_ar/configs/t2i_tiny_stage1.json --out-dir outputs/t2i_tiny2 \
           --weights image_ar/weights/shapes_t2i.safetensors
 
 Determinism: the data order (a seeded permutation per epoch) and the CFG-dropout draws are
@@ -305,7 +305,7 @@ def train(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Train the Shapes-T2I GPT on VQ token grids.")
-    parser.add_argument("--config", type=Path, default=Path("image_ar/configs/t2i_tiny.json"))
+    parser.add_argument("--config", type=Path, default=Path("image_ar/configs/t2i_tiny_stage1.json"))
     parser.add_argument("--out-dir", type=Path, default=Path("outputs/t2i_tiny"))
     parser.add_argument("--weights", type=Path, default=None,
                         help="also write the final fp16 weights (+ json) here")  # fmt: skip
