@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from mmaccel.acceptors import Acceptor, ExactMatch, LanternAcceptor, SJDAcceptor, neighbour_table
+from mmaccel.acceptors.lantern import RULES
 from mmaccel.drafters import INITS, Drafter, JacobiDrafter, NoDraft
 
 
@@ -48,6 +49,8 @@ class LanternConfig(JacobiConfig):
     ``lantern_k``: nearest codebook neighbours a draft may borrow probability from.
     ``lantern_delta``: total-variation budget per step (default 0.1 when ``lantern_lambda``
     is not given); ``lantern_lambda`` (>= 1): the multiplicative bound of LANTERN++ instead.
+    ``lantern_rule``: ``bounded`` (one relaxed target per position; the bound holds) or
+    ``paper`` (the published per-draft rule; faster, bound not guaranteed for random drafts).
     Needs a model that exposes its image tokenizer's ``codebook``.
     """
 
@@ -55,6 +58,7 @@ class LanternConfig(JacobiConfig):
     lantern_k: int = 16
     lantern_delta: float | None = None
     lantern_lambda: float | None = None
+    lantern_rule: str = "bounded"
 
 
 @dataclass(frozen=True)
@@ -133,6 +137,8 @@ def _validate(config: MethodConfig) -> None:
     if isinstance(config, LanternConfig):
         if config.lantern_delta is not None and config.lantern_lambda is not None:
             raise ValueError("give lantern_delta or lantern_lambda, not both")
+        if config.lantern_rule not in RULES:
+            raise ValueError(f"lantern_rule must be one of {', '.join(RULES)}; got {config.lantern_rule!r}")
         if not isinstance(config.lantern_k, int) or config.lantern_k < 1:
             raise ValueError(f"lantern_k must be an integer >= 1, got {config.lantern_k!r}")
         if config.lantern_delta is not None and not 0 <= config.lantern_delta <= 1:
@@ -173,6 +179,6 @@ def build(config: MethodConfig, lm: Any = None) -> tuple[Drafter, Acceptor]:
         delta = (
             None if lam is not None else (config.lantern_delta if config.lantern_delta is not None else 0.1)
         )
-        return drafter, LanternAcceptor(table, delta, lam)
+        return drafter, LanternAcceptor(table, delta, lam, config.lantern_rule)
     acceptor = ExactMatch() if config.name == "jacobi" else SJDAcceptor()
     return drafter, acceptor
