@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup image test test-slow lint clean bench-accel
+.PHONY: setup image test test-slow lint clean bench
 
 PROMPT ?= a large red circle at the top left on a blue background
 METHOD ?= sjd
@@ -28,10 +28,10 @@ test: setup
 test-slow: setup
 	$(PY) -m pytest -m slow
 
-ACCEL_METHODS ?= ar,sjd,lantern:lantern_delta=0.05,lantern:lantern_delta=0.1,lantern:lantern_delta=0.2,lantern:lantern_delta=0.4,zipar:zipar_window=8,zipar:zipar_window=4,zipar:zipar_window=2,zipar:zipar_window=1,zipar+sjd:zipar_window=4,zipar+sjd:zipar_window=2,zipar+lantern:zipar_window=2,lantern_delta=0.2
+BENCH_METHODS ?= ar,sjd,sjd-coupled:init=random,sjd-coupled:init=horizontal,sjd-coupled:init=vertical,lantern:lantern_delta=0.1,lantern:lantern_delta=0.4,lantern:lantern_rule=paper,lantern_delta=0.05,lantern:lantern_rule=paper,lantern_delta=0.1,lantern:lantern_rule=paper,lantern_delta=0.2,zipar:zipar_window=8,zipar:zipar_window=4,zipar:zipar_window=2,zipar:zipar_window=1,zipar+sjd:zipar_window=4,zipar+sjd:zipar_window=2,zipar+lantern:zipar_window=2,lantern_rule=paper,lantern_delta=0.1
 
-bench-accel: setup
-	$(VENV)/bin/mmaccel eval compare --methods "$(ACCEL_METHODS)" --prompts 200 --real 1000 --out docs/benchmarks/accelerators
+bench: setup
+	$(VENV)/bin/mmaccel eval compare --methods "$(BENCH_METHODS)" --prompts 200 --batch 20 --real 1000 --noise-floor --out docs/benchmarks/default_model
 
 lint: setup
 	$(VENV)/bin/ruff check .
