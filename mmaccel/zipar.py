@@ -97,6 +97,10 @@ class ZipARRunner:
         self.slot_pos_RS = torch.arange(cache.capacity, device=dev)[None].repeat(cache.lens_B.shape[0], 1)
         self.stream_row_BS = torch.full((B, S), -1, dtype=torch.long, device=dev)
         self.draft: Draft | None = None
+        # a step may emit up to S * (K + 1) tokens per image: widen the histogram to hold them
+        hist_T = torch.zeros(S * (layout.drafts + 1) + 1, dtype=torch.long, device=dev)
+        hist_T[: state.emitted_hist_T.shape[0]] = state.emitted_hist_T
+        state.emitted_hist_T = hist_T
         self.forwards = 0  # verify forwards so far (the prefill is forward 0)
         self.token_forward_BN = torch.zeros_like(ctx.history_BN)  # which forward emitted each token
 

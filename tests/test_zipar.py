@@ -78,6 +78,8 @@ def test_forward_passes_follow_the_schedule(rows, width, window):
     w = min(window, width)
     expected = [[r * w + c for c in range(width)] for r in range(rows)]
     assert out.token_forward_index[0].view(rows, width).tolist() == expected
+    # the histogram counts every row's tokens of a step together (one per active row)
+    assert sum(k * n for k, n in enumerate(out.accepted_histogram)) == rows * width
 
 
 def test_contents_of_undecoded_slots_change_nothing():
