@@ -249,16 +249,10 @@ def _decode(
     done_B = ones_B >= max_new_tokens
     if eos_token_id is not None:
         done_B |= first_B == eos_token_id
-    state = DecodeState(
-        first_B, ones_B, done_B, ones_B.clone(), torch.zeros(K + 2, dtype=torch.long, device=device)
-    )
+    # a step emits at most one block's worth of tokens per row
+    state = DecodeState(first_B, ones_B, done_B, ones_B.clone(), torch.zeros(block + 1, dtype=torch.long, device=device))
     state.emitted_hist_T[1] += B
     ctx = DraftContext(lm.vocab_size, grid_width, generator, history_BN, state.num_generated_B)
-    draft = drafter.start(ctx, first_B)
-
-    def forward_block(tokens_BT: torch.Tensor) -> torch.Tensor:
-        slots = cache.slots(tokens_BT.shape[1])
-        return lm.forward(tokens_BT, slots, cache, slots, cache.attn_mask(tokens_BT.shape[1]))
 
     if zipar is not None:
         # positions and masks come from the ZipAR schedule, not from the fill length
@@ -267,26 +261,36 @@ def _decode(
 
         runner = ZipARRunner(zipar, CompiledStep(forward_streams, [(rows, block)], mode=compile_mode), cache,
                              drafter, acceptor, sampling, ctx, state, lens_B)  # fmt: skip
-    step = CompiledStep(forward_block, [(rows, K + 1)], mode=compile_mode)
+        advance = runner.step
+    else:
+
+        def forward_block(tokens_BT: torch.Tensor) -> torch.Tensor:
+            slots = cache.slots(tokens_BT.shape[1])
+            return lm.forward(tokens_BT, slots, cache, slots, cache.attn_mask(tokens_BT.shape[1]))
+
+        step = CompiledStep(forward_block, [(rows, K + 1)], mode=compile_mode)
+        draft = drafter.start(ctx, first_B)
+        generated_after_F = [state.num_generated_B.clone()]  # device tensors: no sync per step
+
+        def advance() -> None:
+            nonlocal draft
+            draft = verify_step(
+                step, cache, drafter, acceptor, draft, state, ctx, sampling, max_new_tokens, eos_token_id
+            )
+            generated_after_F.append(state.num_generated_B.clone())
+
     forwards = 1
     bar = tqdm(total=B * max_new_tokens, disable=not progress, desc=f"mmaccel {config.name}", unit="tok")
     emitted = B
     bar.update(emitted)
-    generated_after_F = [state.num_generated_B.clone()]  # device tensors: no sync per step
     while True:
         all_done, total = torch.stack([state.done_B.all().long(), state.num_generated_B.sum()]).tolist()
         bar.update(total - emitted)
         emitted = total
         if all_done:
             break
-        if zipar is not None:
-            runner.step()
-        else:
-            draft = verify_step(
-                step, cache, drafter, acceptor, draft, state, ctx, sampling, max_new_tokens, eos_token_id
-            )
+        advance()
         forwards += 1
-        generated_after_F.append(state.num_generated_B.clone())
     bar.close()
 
     pad = pad_token_id if pad_token_id is not None else (eos_token_id if eos_token_id is not None else 0)
@@ -296,11 +300,11 @@ def _decode(
     )
     new_BN = new_BN.cpu()
     sequences = torch.cat([input_ids.cpu(), new_BN.to(input_ids.dtype)], dim=1)
-    # token n was committed by the first forward f after which more than n tokens existed
-    gen_FB = torch.stack(generated_after_F).cpu()
-    token_forward_BN = (gen_FB[:, :, None] <= torch.arange(max_new_tokens)[None, None]).sum(0)
-    if zipar is not None:  # tokens are not emitted in raster order
+    if zipar is not None:  # tokens are not emitted in raster order: the runner records each one
         token_forward_BN = runner.token_forward_BN[:, :max_new_tokens].cpu()
+    else:  # token n was committed by the first forward f after which more than n tokens existed
+        gen_FB = torch.stack(generated_after_F).cpu()
+        token_forward_BN = (gen_FB[:, :, None] <= torch.arange(max_new_tokens)[None, None]).sum(0)
     return GenerateOutput(
         sequences=sequences,
         new_tokens=new_BN,

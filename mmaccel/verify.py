@@ -30,7 +30,7 @@ class DecodeState:
     num_generated_B: torch.Tensor  # int64: tokens emitted so far (pending included)
     done_B: torch.Tensor  # bool
     steps_B: torch.Tensor  # int64: verify steps while active (per-row forward passes)
-    emitted_hist_T: torch.Tensor  # int64 [K + 2]: steps that emitted k tokens
+    emitted_hist_T: torch.Tensor  # int64 [block + 1]: steps that emitted k tokens
 
 
 def target_probs(logits_BTV: torch.Tensor, sampling: SamplingConfig) -> torch.Tensor:

@@ -97,10 +97,6 @@ class ZipARRunner:
         self.slot_pos_RS = torch.arange(cache.capacity, device=dev)[None].repeat(cache.lens_B.shape[0], 1)
         self.stream_row_BS = torch.full((B, S), -1, dtype=torch.long, device=dev)
         self.draft: Draft | None = None
-        # a step may emit up to S * (K + 1) tokens per image: widen the histogram to hold them
-        hist_T = torch.zeros(S * (layout.drafts + 1) + 1, dtype=torch.long, device=dev)
-        hist_T[: state.emitted_hist_T.shape[0]] = state.emitted_hist_T
-        state.emitted_hist_T = hist_T
         self.forwards = 0  # verify forwards so far (the prefill is forward 0)
         self.token_forward_BN = torch.zeros_like(ctx.history_BN)  # which forward emitted each token
 
@@ -130,19 +126,18 @@ class ZipARRunner:
         above_done_BS = (row_BS == 0) | (above_BS == W)
         cap_BS = torch.where(above_done_BS, W, above_BS - w + 1) - count_BS
         allow_BS = torch.where(normal_BS | standin_BS, torch.minimum(W - count_BS, cap_BS).clamp(min=0), 0)
-        return row_BS, count_BS, normal_BS, standin_BS, flush_BS, allow_BS
+        return row_BS, count_BS, above_BS, normal_BS, standin_BS, flush_BS, allow_BS
 
     # ---- one forward ----------------------------------------------------------------------
     def step(self) -> None:
         H, W, S, K = self.L.rows, self.L.width, self.L.streams, self.L.drafts
         B, dev, V = self.B, self.count_BH.device, self.ctx.vocab_size
-        row_BS, count_BS, normal_BS, standin_BS, flush_BS, allow_BS = self._assign()
+        row_BS, count_BS, above_BS, normal_BS, standin_BS, flush_BS, allow_BS = self._assign()
         hist_BN = self.ctx.history_BN
         next_BS = row_BS * W + count_BS  # history index of the row's next token
-        pend_idx_BS = torch.where(
-            standin_BS, (row_BS - 1).clamp(min=0) * W + self.count_BH.gather(1, (row_BS - 1).clamp(min=0)) - 1,
-            next_BS - 1,
-        ).clamp(min=0)  # fmt: skip
+        # a stand-in copies the latest token of the row above
+        pend_idx_BS = torch.where(standin_BS, (row_BS - 1).clamp(min=0) * W + above_BS, next_BS) - 1
+        pend_idx_BS = pend_idx_BS.clamp(min=0)
         pending_BS = hist_BN.gather(1, pend_idx_BS)
         active_BS = normal_BS | standin_BS | flush_BS
 

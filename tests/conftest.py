@@ -56,3 +56,13 @@ def llama():
 @pytest.fixture
 def project_lm():
     return tiny_lm(scale=3.0)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: tiny models decode token by token, and on a busy 2-core
+    machine one thread is far faster; the demo also runs each request on one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import mmaccel
@@ -145,14 +144,6 @@ def test_page_in_browser(demo_url):
         finally:
             browser.close()
 
-
-@pytest.fixture
-def one_thread():
-    """Direct calls on one torch thread, like each of the demo's requests (see ``demo_url``)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_concurrent_api_requests_match_direct_generation(demo_url, one_thread):

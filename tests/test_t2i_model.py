@@ -17,14 +17,6 @@ from image_ar.train_t2i import TrainConfig, batch_indices, train
 PROMPT = "a large red circle at the top left on a blue background"
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models decode token by token; on a busy 2-core machine one thread is ~30x faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def tiny_model(seed: int = 0) -> ShapesT2IModel:
     torch.manual_seed(seed)

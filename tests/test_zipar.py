@@ -125,6 +125,7 @@ def test_zipar_sjd_and_lantern_run_on_a_grid_and_cut_forwards():
         ({"grid_width": 5}, "multiple of grid_width"),
         ({}, "declares no grid width"),
         ({"grid_width": 4, "eos_token_id": 3}, "eos_token_id is not supported"),
+        ({"grid_width": 4, "lantern_delta": 0.2}, "apply to 'zipar\\+lantern'"),
     ],
 )
 def test_bad_options_raise_clear_errors(options, match):
