@@ -99,13 +99,17 @@ def evaluate(
     cfg_scale: float,
     seed: int = 0,
     batch_size: int = 50,
+    temperature: float = 1.0,
+    top_k: int = 0,
 ) -> tuple[dict[str, float], list[Image.Image]]:
     """Prompt accuracy (``mmaccel.eval.prompt_accuracy.report``) of one sample per prompt."""
     from mmaccel.eval.prompt_accuracy import report
 
     images: list[Image.Image] = []
     for s in range(0, len(prompts), batch_size):
-        tokens_BN = sample_tokens(model, prompts[s : s + batch_size], cfg_scale, seed=seed + s)
+        tokens_BN = sample_tokens(
+            model, prompts[s : s + batch_size], cfg_scale, temperature, top_k, seed=seed + s
+        )
         images += decode_images(vq, tokens_BN)
     return report(images, list(prompts)), images
 
@@ -118,6 +122,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--offset", type=int, default=0, help="first test item")
     parser.add_argument("--cfg", default="1,2,4", help="comma-separated guidance scales")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--dataset-seed", type=int, default=0, help="seed of the test-split prompts (tuning: 7)"
+    )
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="json with the results (+ png grids beside)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
@@ -126,11 +135,13 @@ def main(argv: list[str] | None = None) -> None:
     from image_ar.train_vq import load_trained_vq
 
     model, vq = ShapesT2IModel.load(args.weights), load_trained_vq(args.vq)
-    prompts = test_prompts(args.offset + args.n)[args.offset :]
+    prompts = test_prompts(args.offset + args.n, args.dataset_seed)[args.offset :]
     results = {}
     for scale in [float(s) for s in args.cfg.split(",")]:
         t0 = time.perf_counter()
-        rep, images = evaluate(model, vq, prompts, scale, args.seed)
+        rep, images = evaluate(
+            model, vq, prompts, scale, args.seed, temperature=args.temperature, top_k=args.top_k
+        )
         rep["seconds"] = time.perf_counter() - t0
         results[str(scale)] = rep
         log.info("cfg %.1f: %s", scale, json.dumps({k: round(v, 3) for k, v in rep.items()}))

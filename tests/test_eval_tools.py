@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
+import torch
 
 from mmaccel.cli import main
 from mmaccel.eval.common import MethodSpec, PeakMemory, markdown_table, parse_method_spec, parse_methods
@@ -24,27 +27,41 @@ def test_markdown_table():
     assert markdown_table(["a", "b"], [[1, 0.5]]) == "| a | b |\n|---|---|\n| 1 | 0.500 |"
 
 
-def test_peak_memory_sees_an_allocation():
+def test_peak_memory_sees_the_peak_of_live_tensors():
+    kept = torch.zeros(2**20)  # live before the block: not counted
     with PeakMemory("cpu") as mem:
-        block = bytearray(200 * 2**20)
-        block[::4096] = b"x" * len(block[::4096])
-        import time
+        a = torch.ones(16 * 2**20, dtype=torch.uint8)  # 16 MB
+        b = a.float()  # + 64 MB -> peak 80 MB
+        time.sleep(0.05)  # the meter samples every millisecond
+        del a, b
+        c = torch.ones(8 * 2**20, dtype=torch.uint8)  # 8 MB, after the peak
+    assert 79.5 < mem.peak_mb < 81, mem.peak_mb
+    assert kept.numel() and c.numel()
 
-        time.sleep(0.05)
-    assert mem.peak_mb > 100
+
+def test_peak_memory_of_an_idle_block_is_near_zero():
+    with PeakMemory("cpu") as mem:
+        time.sleep(0.02)
+    assert abs(mem.peak_mb) < 1
 
 
 def test_latency_rows_against_ar(pipeline):  # noqa: F811
-    rows = measure_latency([MethodSpec("sjd", {"window": 4})], PROMPTS, model=pipeline, repeats=1, progress=False)
+    rows = measure_latency(
+        [MethodSpec("sjd", {"window": 4})], PROMPTS, model=pipeline, repeats=1, progress=False
+    )
     assert [r.method for r in rows] == ["ar", "sjd:window=4"]
     ar, sjd = rows
     assert ar.speedup_vs_ar == 1.0 and ar.forward_passes == 64 and ar.tokens_per_forward == 1.0
     assert sjd.forward_passes < 64 and sjd.tokens_per_forward > 1
+    assert ar.peak_mem_mb > 0 and sjd.peak_mem_mb > 0  # at least the KV cache
     assert "speed-up vs ar" in format_rows(rows)
 
 
 def test_cli_reports_bad_method(capsys):
-    assert main(["generate-image", "a small red square at the top on a black background", "--method", "zip"]) == 2
+    assert (
+        main(["generate-image", "a small red square at the top on a black background", "--method", "zip"])
+        == 2
+    )
     assert "unknown method 'zip'" in capsys.readouterr().err
 
 

@@ -1,16 +1,17 @@
 """Helpers shared by the evaluation commands: method specs, timing, memory, tables.
 
 Owns: parsing ``name:key=value,...`` method specs, a peak-memory meter (CUDA allocator on GPU,
-sampled resident set size on CPU), medians, and markdown tables.
+C heap in use on CPU), medians, and markdown tables.
 
 Must never: print (the CLIs do) or decide anything about a method's quality.
 """
 
 from __future__ import annotations
 
+import functools
 import statistics
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,10 +77,16 @@ def median(xs: Sequence[float]) -> float:
 
 
 class PeakMemory:
-    """Peak memory over a ``with`` block, in MB: CUDA allocator peak on GPU, else the peak
-    resident-set growth of this process sampled every few milliseconds."""
+    """Peak memory allocated over a ``with`` block, in MB, above what was in use at entry.
 
-    def __init__(self, device: torch.device | str = "cpu", interval_s: float = 0.005) -> None:
+    On CUDA: the caching allocator's peak. On CPU: the C heap's bytes in use (glibc
+    ``mallinfo2``: small blocks plus mmapped ones, which is where torch's CPU tensors live),
+    sampled every ``interval_s`` by a thread, so a spike shorter than that can be missed; where
+    ``mallinfo2`` does not exist (not glibc), the resident-set growth instead, which after a
+    warm-up call often reads near zero because freed memory stays mapped.
+    """
+
+    def __init__(self, device: torch.device | str = "cpu", interval_s: float = 0.001) -> None:
         self.device, self.interval_s, self.peak_mb = torch.device(device), interval_s, 0.0
 
     def __enter__(self) -> PeakMemory:
@@ -88,11 +95,8 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self._base = torch.cuda.memory_allocated(self.device)
             return self
-        import psutil
-
-        self._proc = psutil.Process()
-        self._base = self._proc.memory_info().rss
-        self._peak = self._base
+        self._read = _heap_in_use() or _resident_set
+        self._base = self._peak = self._read()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
@@ -100,7 +104,7 @@ class PeakMemory:
 
     def _sample(self) -> None:
         while not self._stop.is_set():
-            self._peak = max(self._peak, self._proc.memory_info().rss)
+            self._peak = max(self._peak, self._read())
             self._stop.wait(self.interval_s)
 
     def __exit__(self, *exc) -> None:
@@ -110,8 +114,39 @@ class PeakMemory:
             return
         self._stop.set()
         self._thread.join()
-        self._peak = max(self._peak, self._proc.memory_info().rss)
+        self._peak = max(self._peak, self._read())
         self.peak_mb = (self._peak - self._base) / 2**20
+
+
+@functools.cache
+def _heap_in_use() -> Callable[[], int] | None:
+    """A reader of glibc's heap bytes in use, or None where there is no ``mallinfo2``."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallinfo2 = libc.mallinfo2
+    except (OSError, AttributeError):
+        return None
+    fields = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in fields]
+
+    mallinfo2.restype = MallInfo2
+
+    def read() -> int:
+        info = mallinfo2()
+        return info.uordblks + info.hblkhd
+
+    return read
+
+
+def _resident_set() -> int:
+    import psutil
+
+    return psutil.Process().memory_info().rss
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
