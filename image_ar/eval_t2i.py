@@ -122,9 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--offset", type=int, default=0, help="first test item")
     parser.add_argument("--cfg", default="1,2,4", help="comma-separated guidance scales")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--dataset-seed", type=int, default=0, help="seed of the test-split prompts (tuning: 7)"
-    )
+    parser.add_argument("--prompt-seed", type=int, default=0, help="dataset seed of the prompts (tuning: 7)")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top-k", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="json with the results (+ png grids beside)")
@@ -135,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     from image_ar.train_vq import load_trained_vq
 
     model, vq = ShapesT2IModel.load(args.weights), load_trained_vq(args.vq)
-    prompts = test_prompts(args.offset + args.n, args.dataset_seed)[args.offset :]
+    prompts = test_prompts(args.offset + args.n, args.prompt_seed)[args.offset :]
     results = {}
     for scale in [float(s) for s in args.cfg.split(",")]:
         t0 = time.perf_counter()

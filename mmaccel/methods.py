@@ -134,10 +134,10 @@ def _validate(config: MethodConfig) -> None:
     if isinstance(config, ZipARConfig):
         if not isinstance(config.zipar_window, int) or config.zipar_window < 1:
             raise ValueError(f"zipar_window must be an integer >= 1, got {config.zipar_window!r}")
-        lantern_set = (config.lantern_delta, config.lantern_lambda, config.lantern_k, config.lantern_rule) != (
-            None, None, 16, "bounded")  # fmt: skip
-        if config.name != "zipar+lantern" and lantern_set:
-            raise ValueError(f"lantern_* options apply to 'zipar+lantern', not to {config.name!r}")
+        changed = [f.name for f in dataclasses.fields(LanternConfig)
+                   if f.name.startswith("lantern_") and getattr(config, f.name) != f.default]  # fmt: skip
+        if config.name != "zipar+lantern" and changed:
+            raise ValueError(f"{', '.join(changed)}: lantern options apply to 'zipar+lantern', not to {config.name!r}")
     if isinstance(config, LanternConfig):
         if config.lantern_delta is not None and config.lantern_lambda is not None:
             raise ValueError("give lantern_delta or lantern_lambda, not both")

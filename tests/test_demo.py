@@ -145,7 +145,6 @@ def test_page_in_browser(demo_url):
             browser.close()
 
 
-
 def test_concurrent_api_requests_match_direct_generation(demo_url, one_thread):
     from gradio_client import Client
 

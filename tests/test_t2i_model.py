@@ -17,7 +17,6 @@ from image_ar.train_t2i import TrainConfig, batch_indices, train
 PROMPT = "a large red circle at the top left on a blue background"
 
 
-
 def tiny_model(seed: int = 0) -> ShapesT2IModel:
     torch.manual_seed(seed)
     model = ShapesT2IModel(t2i_config(dim=32, n_layer=2, n_head=2)).eval()

@@ -144,9 +144,14 @@ def _heap_in_use() -> Callable[[], int] | None:
 
 
 def _resident_set() -> int:
+    return _this_process().memory_info().rss
+
+
+@functools.cache
+def _this_process():
     import psutil
 
-    return psutil.Process().memory_info().rss
+    return psutil.Process()
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
