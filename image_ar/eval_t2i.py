@@ -9,6 +9,10 @@ decoding with the VQ, and a CLI that scores held-out (test-split) prompts with
 Run:  python -m image_ar.eval_t2i --weights image_ar/weights/shapes_t2i.safetensors \
           --vq image_ar/weights/vq_tiny.safetensors --n 100 --cfg 1,2,4
 
+The reference sampler is kept apart from the engine on purpose: it is the oracle that
+``tests/test_generate_image.py`` holds the engine's ``ar`` to (same seed, identical tokens),
+so the guidance figures measured here are the engine's ``ar`` figures.
+
 Must never: train or modify the models; it is a baseline check, not the engine's ``ar`` path.
 """
 

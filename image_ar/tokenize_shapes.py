@@ -28,17 +28,25 @@ log = logging.getLogger(__name__)
 
 @torch.no_grad()
 def tokenize(
-    model: VQModel, n: int, seed: int = 0, split: str = "train", batch_size: int = 256, progress: bool = True
+    model: VQModel,
+    n: int,
+    seed: int = 0,
+    split: str = "train",
+    batch_size: int = 256,
+    progress: bool = True,
+    start: int = 0,
 ) -> tuple[torch.Tensor, list[str]]:
-    """Code grids ``[n, h*w]`` (int16) and captions of items ``0 .. n-1`` of the split."""
+    """Code grids ``[n, h*w]`` (int16) and captions of items ``start .. start + n - 1`` of the split."""
+    if n < 1 or start < 0:
+        raise ValueError(f"need n >= 1 and start >= 0, got n={n}, start={start}")
     from tqdm.auto import tqdm
 
     if model.cfg.codebook_size > 2**15:
         raise ValueError(f"codebook of {model.cfg.codebook_size} codes does not fit int16")
     tokens, captions = [], []
     with tqdm(total=n, desc="tokenize", unit="img", disable=not progress, mininterval=10) as bar:
-        for start in range(0, n, batch_size):
-            img_BCHW, caps = batch(start, min(batch_size, n - start), seed, split)
+        for first in range(start, start + n, batch_size):
+            img_BCHW, caps = batch(first, min(batch_size, start + n - first), seed, split)
             tokens.append(model.encode(img_BCHW).to(torch.int16))
             captions += caps
             bar.update(len(caps))
@@ -50,6 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vq", type=Path, default=Path("image_ar/weights/vq_tiny.safetensors"))
     parser.add_argument("--n", type=int, default=60_000)
     parser.add_argument("--out", type=Path, default=Path("outputs/shapes_tokens_train.pt"))
+    parser.add_argument("--start", type=int, default=0, help="first item index (items start .. start+n-1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--split", default="train", choices=("train", "test"))
     parser.add_argument("--batch-size", type=int, default=256)
@@ -59,11 +68,12 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     model = load_trained_vq(args.vq)
     t0 = time.perf_counter()
-    tokens, captions = tokenize(model, args.n, args.seed, args.split, args.batch_size)
+    tokens, captions = tokenize(model, args.n, args.seed, args.split, args.batch_size, start=args.start)
     out: dict[str, Any] = {
         "tokens": tokens,
         "captions": captions,
         "seed": args.seed,
+        "start": args.start,
         "split": args.split,
         "vq": str(args.vq),
         "vq_config": json.dumps(dataclasses.asdict(model.cfg)),

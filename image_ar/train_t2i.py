@@ -27,7 +27,7 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,9 @@ CKPT_NAME = "ckpt.pt"
 class TrainConfig:
     """Optimisation and bookkeeping.
 
-    ``data``: ``torch.save({"tokens": int16 [N, 256], "captions": list[str], ...})``.
+    ``data``: ``torch.save({"tokens": int16 [N, 256], "captions": list[str], ...})``, or a list
+    of such files (e.g. successive item ranges from ``image_ar.tokenize_shapes --start``), used
+    concatenated in the order given.
     ``vq``: shipped VQ weights (json beside them) used to tokenize the held-out scenes; None
     means a random-init VQ-tiny (only for debugging the script). ``heldout_size`` test-split
     scenes give the held-out loss every ``eval_every`` steps. ``caption_pretrain_steps`` > 0
@@ -56,7 +58,7 @@ class TrainConfig:
     stage with its own schedule; caption pretraining is then skipped (the encoder comes with it).
     """
 
-    data: str = "outputs/shapes_tokens_train.pt"
+    data: str | tuple[str, ...] = "outputs/shapes_tokens_train.pt"
     vq: str | None = "image_ar/weights/vq_tiny.safetensors"
     steps: int = 1000
     batch_size: int = 32
@@ -84,8 +86,9 @@ def load_config(path: str | os.PathLike) -> tuple[ShapesT2IConfig, TrainConfig]:
     """``{"model": t2i_config kwargs, "train": TrainConfig fields}`` from a json file."""
     raw = json.loads(Path(path).read_text())
     train = dict(raw.get("train", {}))
-    if "betas" in train:
-        train["betas"] = tuple(train["betas"])
+    for key in ("betas", "data"):
+        if isinstance(train.get(key), list):
+            train[key] = tuple(train[key])
     return t2i_config(**raw.get("model", {})), TrainConfig(**train)
 
 
@@ -125,8 +128,16 @@ def make_optimizer(model: ShapesT2IModel, cfg: TrainConfig) -> torch.optim.AdamW
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=False)
 
 
-def load_tokens(path: str | os.PathLike) -> tuple[torch.Tensor, list[str]]:
-    """``tokens`` (int16 ``[N, 256]``) and ``captions`` of a pre-tokenized dataset file."""
+def load_tokens(path: str | os.PathLike | Sequence[str | os.PathLike]) -> tuple[torch.Tensor, list[str]]:
+    """``tokens`` (int16 ``[N, 256]``) and ``captions`` of a pre-tokenized dataset file (or files, concatenated)."""
+    if not isinstance(path, (str, os.PathLike)):
+        if not path:
+            raise ValueError("data: empty list of token files")
+        parts = [load_tokens(p) for p in path]
+        widths = {t.shape[1] for t, _ in parts}
+        if len(widths) != 1:
+            raise ValueError(f"data files {list(path)} hold token grids of different sizes {sorted(widths)}")
+        return torch.cat([t for t, _ in parts]), [c for _, caps in parts for c in caps]
     data = torch.load(path, map_location="cpu", weights_only=True)
     tokens, captions = data["tokens"], list(data["captions"])
     if tokens.dim() != 2 or tokens.shape[0] != len(captions):

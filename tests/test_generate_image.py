@@ -71,6 +71,17 @@ def test_greedy_with_guidance_equals_reference(pipeline, guided_reference, metho
     assert out.tokens[0].tolist() == expected
 
 
+@pytest.mark.parametrize(("scale", "top_k"), [(1.0, 0), (2.0, 0), (2.0, 8)])
+def test_engine_ar_samples_the_same_tokens_as_the_reference_sampler(pipeline, scale, top_k):
+    # image_ar.eval_t2i.sample_tokens is an independent loop (own cache, own CFG); same seed,
+    # same random draws in the same order -> the engine's `ar` must give identical tokens
+    from image_ar.eval_t2i import sample_tokens
+
+    out = mmaccel.generate_image(PROMPTS, "ar", model=pipeline, seed=5, guidance_scale=scale, top_k=top_k,
+                                 return_output=True)  # fmt: skip
+    assert torch.equal(out.tokens, sample_tokens(pipeline.t2i, PROMPTS, cfg_scale=scale, top_k=top_k, seed=5))
+
+
 def test_same_seed_same_image(pipeline):
     a = mmaccel.generate_image(PROMPTS, "sjd", model=pipeline, seed=3, return_output=True)
     b = mmaccel.generate_image(PROMPTS, "sjd", model=pipeline, seed=3, return_output=True)

@@ -12,7 +12,7 @@ from image_ar.caption_encoder import PAD_ID, VOCAB, CaptionEncoder, CaptionEncod
 from image_ar.eval_t2i import sample_tokens
 from image_ar.shapes import caption, sample_scene
 from image_ar.t2i_model import ShapesT2IConfig, ShapesT2IModel, t2i_config
-from image_ar.train_t2i import TrainConfig, batch_indices, train
+from image_ar.train_t2i import TrainConfig, batch_indices, load_config, load_tokens, train
 
 PROMPT = "a large red circle at the top left on a blue background"
 
@@ -166,3 +166,19 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path, one_thread):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=k)
     lines = [json.loads(x) for x in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines if "loss" in r] == [1, 2, 3]
+
+
+def test_data_may_be_several_token_files_used_in_order(tmp_path):
+    g = torch.Generator().manual_seed(1)
+    parts = [torch.randint(0, 1024, (n, 256), generator=g).to(torch.int16) for n in (3, 2)]
+    for i, t in enumerate(parts):
+        torch.save({"tokens": t, "captions": [f"c{i}{j}" for j in range(len(t))]}, tmp_path / f"{i}.pt")
+    tokens, captions = load_tokens([str(tmp_path / "0.pt"), str(tmp_path / "1.pt")])
+    assert torch.equal(tokens, torch.cat(parts)) and captions == ["c00", "c01", "c02", "c10", "c11"]
+    torch.save({"tokens": parts[0][:, :16], "captions": ["a", "b", "c"]}, tmp_path / "narrow.pt")
+    with pytest.raises(ValueError, match="different sizes"):
+        load_tokens([str(tmp_path / "0.pt"), str(tmp_path / "narrow.pt")])
+    with pytest.raises(ValueError, match="empty list"):
+        load_tokens([])
+    (tmp_path / "cfg.json").write_text(json.dumps({"train": {"data": ["a.pt", "b.pt"]}}))
+    assert load_config(tmp_path / "cfg.json")[1].data == ("a.pt", "b.pt")

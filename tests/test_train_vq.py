@@ -86,3 +86,14 @@ def test_shipped_vq_reconstructs_test_images():
     mse_B = ((rec_BHWC.float() - to_uint8(img_BCHW).float()) / 255).pow(2).flatten(1).mean(1)
     psnr_B = -10 * torch.log10(mse_B)
     assert psnr_B.min().item() > SHIPPED_MIN_PSNR, psnr_B
+
+
+def test_tokenizing_from_a_start_index_continues_the_item_sequence():
+    from image_ar.tokenize_shapes import tokenize
+
+    model = load_trained_vq(SHIPPED)
+    whole, whole_caps = tokenize(model, 5, batch_size=2, progress=False)
+    tail, tail_caps = tokenize(model, 2, batch_size=2, progress=False, start=3)
+    assert torch.equal(tail, whole[3:]) and tail_caps == whole_caps[3:]
+    with pytest.raises(ValueError, match="start=-1"):
+        tokenize(model, 2, start=-1)
