@@ -97,3 +97,11 @@ def test_tokenizing_from_a_start_index_continues_the_item_sequence():
     assert torch.equal(tail, whole[3:]) and tail_caps == whole_caps[3:]
     with pytest.raises(ValueError, match="start=-1"):
         tokenize(model, 2, start=-1)
+
+
+def test_tokenize_cli_rejects_a_negative_start(capsys):
+    from image_ar.tokenize_shapes import main
+
+    with pytest.raises(SystemExit):
+        main(["--start", "-3", "--n", "5"])
+    assert "--start -3" in capsys.readouterr().err
