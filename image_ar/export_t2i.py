@@ -5,7 +5,8 @@ Owns: turning ``<out-dir>/ckpt.pt`` of ``image_ar.train_t2i`` (finished or not) 
 losses, the command that trained it and the one that exported it, so an interrupted run
 still ships honest, labelled weights. ``train_t2i`` resumes from the same checkpoint.
 
-Usage: ``python -m image_ar.export_t2i --out-dir outputs/t2i_stage6 --config image_ar/configs/t2i_tiny_stage6.json (see image_ar/configs/README.md)``
+Usage: ``python -m image_ar.export_t2i --out-dir outputs/t2i_stageN --config image_ar/configs/t2i_tiny_stageN.json
+--default-guidance G`` (the stage of the shipped weights and its G: image_ar/configs/README.md)
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ def export(out_dir: Path, config: Path, target: Path, default_guidance: float, c
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out-dir", type=Path, default=Path("outputs/t2i_stage6"))
-    parser.add_argument("--config", type=Path, default=Path("image_ar/configs/t2i_tiny_stage6.json"))
+    parser.add_argument("--out-dir", type=Path, required=True, help="the training run's directory (ckpt.pt)")
+    parser.add_argument("--config", type=Path, required=True, help="the config that run was trained with")
     parser.add_argument("--target", type=Path, default=Path("image_ar/weights/shapes_t2i.safetensors"))
     parser.add_argument("--default-guidance", type=float, default=1.0)
     args = parser.parse_args(argv)

@@ -64,13 +64,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
-    if args.n < 1 or args.start < 0:
-        parser.error(f"need --n >= 1 and --start >= 0, got --n {args.n} --start {args.start}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     torch.set_num_threads(args.threads)
     model = load_trained_vq(args.vq)
     t0 = time.perf_counter()
-    tokens, captions = tokenize(model, args.n, args.seed, args.split, args.batch_size, start=args.start)
+    try:
+        tokens, captions = tokenize(model, args.n, args.seed, args.split, args.batch_size, start=args.start)
+    except ValueError as err:  # bad --n / --start / --vq: a usage error, not a traceback
+        parser.error(f"--n {args.n} --start {args.start} --vq {args.vq}: {err}")
     out: dict[str, Any] = {
         "tokens": tokens,
         "captions": captions,
