@@ -48,12 +48,16 @@ class ShapesT2IPipeline:
         warnings = []
         for i, (prompt, words) in enumerate(zip(prompts, unknown, strict=True)):
             if words:
-                warnings.append(f"prompt {i}: words outside the Shapes-T2I vocabulary were ignored: {', '.join(words)}")
+                warnings.append(
+                    f"prompt {i}: words outside the Shapes-T2I vocabulary were ignored: {', '.join(words)}"
+                )
             else:
                 try:
                     parse_caption(prompt)
                 except ValueError as err:
-                    warnings.append(f"prompt {i} is outside the Shapes-T2I grammar ({err}); generating anyway")
+                    warnings.append(
+                        f"prompt {i} is outside the Shapes-T2I grammar ({err}); generating anyway"
+                    )
         B = len(prompts)
         if guidance:
             cond_BLC = torch.cat([cond_BLC, self.t2i.null_cond_embs(B).to(cond_BLC)])

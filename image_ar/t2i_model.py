@@ -75,7 +75,12 @@ class ShapesT2IConfig:
 
 
 def t2i_config(
-    dim: int = 256, n_layer: int = 8, n_head: int = 8, caption_len: int = 24, caption_dim: int = 128, **gpt_kw: Any
+    dim: int = 256,
+    n_layer: int = 8,
+    n_head: int = 8,
+    caption_len: int = 24,
+    caption_dim: int = 128,
+    **gpt_kw: Any,
 ) -> ShapesT2IConfig:
     """A ShapesT2I config: the t2i GPT (1024 codes, 16x16 grid) and its caption encoder."""
     gpt = GPTConfig(

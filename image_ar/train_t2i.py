@@ -254,7 +254,9 @@ def train(
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         if ckpt["configs"] != configs:
-            raise ValueError(f"{ckpt_path} was written with another config: {ckpt['configs']}; delete it to restart")
+            raise ValueError(
+                f"{ckpt_path} was written with another config: {ckpt['configs']}; delete it to restart"
+            )
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         step, data_pos, elapsed = ckpt["step"], ckpt["data_pos"], ckpt["elapsed"]
@@ -330,7 +332,9 @@ def main(argv: list[str] | None = None) -> None:
     # 2-core machine made steps ~2.5x faster (measured); record it as part of the command
     env = [f"{k}={os.environ[k]}" for k in ("OMP_WAIT_POLICY",) if k in os.environ]
     meta = {
-        "command": " ".join([*env, "python -m image_ar.train_t2i", shlex.join(sys.argv[1:] if argv is None else argv)]),
+        "command": " ".join(
+            [*env, "python -m image_ar.train_t2i", shlex.join(sys.argv[1:] if argv is None else argv)]
+        ),
         "train": dataclasses.asdict(cfg),
         "result": summary,
     }

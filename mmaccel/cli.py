@@ -1,9 +1,9 @@
 """The ``mmaccel`` command line. Argument parsing lives here and nowhere in the library.
 
-    mmaccel generate-image "a large red circle at the top left on a blue background" --method sjd --out x.png
-    mmaccel eval latency --methods ar,sjd,sjd-coupled:init=vertical
-    mmaccel eval compare --methods ar,sjd,sjd-coupled --prompts 200      (also: fid, accuracy; see mmaccel eval -h)
-    mmaccel methods | models
+mmaccel generate-image "a large red circle at the top left on a blue background" --method sjd --out x.png
+mmaccel eval latency --methods ar,sjd,sjd-coupled:init=vertical
+mmaccel eval compare --methods ar,sjd,sjd-coupled --prompts 200      (also: fid, accuracy; see mmaccel eval -h)
+mmaccel methods | models
 """
 
 from __future__ import annotations
@@ -50,7 +50,9 @@ def main(argv: list[str] | None = None) -> int:
         from mmaccel.eval.commands import main as eval_main
 
         return eval_main(argv[1:])
-    parser = argparse.ArgumentParser(prog="mmaccel", description="Fast decoding for autoregressive generators.")
+    parser = argparse.ArgumentParser(
+        prog="mmaccel", description="Fast decoding for autoregressive generators."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("methods", help="list the decoding methods")
     sub.add_parser("models", help="list the installed image models")

@@ -250,7 +250,9 @@ def _decode(
     if eos_token_id is not None:
         done_B |= first_B == eos_token_id
     # a step emits at most one block's worth of tokens per row
-    state = DecodeState(first_B, ones_B, done_B, ones_B.clone(), torch.zeros(block + 1, dtype=torch.long, device=device))
+    state = DecodeState(
+        first_B, ones_B, done_B, ones_B.clone(), torch.zeros(block + 1, dtype=torch.long, device=device)
+    )
     state.emitted_hist_T[1] += B
     ctx = DraftContext(lm.vocab_size, grid_width, generator, history_BN, state.num_generated_B)
 

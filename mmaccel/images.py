@@ -75,7 +75,9 @@ def _load_named(name: str) -> ImageModel:
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name == name:
             return ep.load()()
-    raise ValueError(f"unknown model {name!r}; available models: {', '.join(available_models()) or 'none installed'}")
+    raise ValueError(
+        f"unknown model {name!r}; available models: {', '.join(available_models()) or 'none installed'}"
+    )
 
 
 def load_model(name: str = DEFAULT_MODEL) -> ImageModel:
@@ -88,7 +90,9 @@ def load_model(name: str = DEFAULT_MODEL) -> ImageModel:
 def _check_prompts(prompt: str | list[str]) -> list[str]:
     prompts = [prompt] if isinstance(prompt, str) else prompt
     if not isinstance(prompts, list | tuple) or not prompts:
-        raise TypeError(f"prompt must be a string or a non-empty list of strings, got {type(prompt).__name__}")
+        raise TypeError(
+            f"prompt must be a string or a non-empty list of strings, got {type(prompt).__name__}"
+        )
     for i, p in enumerate(prompts):
         if not isinstance(p, str):
             raise TypeError(f"prompt {i} must be a string, got {type(p).__name__}")

@@ -137,7 +137,9 @@ def _validate(config: MethodConfig) -> None:
         changed = [f.name for f in dataclasses.fields(LanternConfig)
                    if f.name.startswith("lantern_") and getattr(config, f.name) != f.default]  # fmt: skip
         if config.name != "zipar+lantern" and changed:
-            raise ValueError(f"{', '.join(changed)}: lantern options apply to 'zipar+lantern', not to {config.name!r}")
+            raise ValueError(
+                f"{', '.join(changed)}: lantern options apply to 'zipar+lantern', not to {config.name!r}"
+            )
     if isinstance(config, LanternConfig):
         if config.lantern_delta is not None and config.lantern_lambda is not None:
             raise ValueError("give lantern_delta or lantern_lambda, not both")

@@ -41,7 +41,11 @@ def test_chunks_cover_the_prompts_and_shards_partition_them():
 
 
 def test_make_runs_puts_ar_first_and_rejects_duplicates():
-    assert [r.label for r in make_runs(METHODS, noise_floor=True)] == ["ar", "sjd:window=4", "ar (other seeds)"]
+    assert [r.label for r in make_runs(METHODS, noise_floor=True)] == [
+        "ar",
+        "sjd:window=4",
+        "ar (other seeds)",
+    ]
     with pytest.raises(ValueError, match="listed twice"):
         make_runs([MethodSpec("sjd"), MethodSpec("sjd")])
 
@@ -60,13 +64,17 @@ def test_results_do_not_depend_on_the_number_of_processes(pipeline, prompts):  #
 def test_compare_agrees_with_latency(pipeline, prompts):  # noqa: F811
     comp = compare(METHODS, prompts, batch=2, seed=1, model=pipeline, metrics=("speed", "accuracy"),
                    warmup=False, progress=False)  # fmt: skip
-    rows = measure_latency(METHODS, prompts, model=pipeline, repeats=2, seed=1, batch=2, progress=False, warmup=False)
+    rows = measure_latency(
+        METHODS, prompts, model=pipeline, repeats=2, seed=1, batch=2, progress=False, warmup=False
+    )
     assert list(comp.summary) == [r.method for r in rows] == ["ar", "sjd:window=4"]
     for row in rows:
         s = comp.summary[row.method]
         assert s["forward_passes_per_prompt"] == row.forward_passes_per_prompt
         assert s["nfe_median"] == row.forward_passes and s["tokens_per_forward"] == row.tokens_per_forward
-    assert comp.summary["ar"]["nfe_ratio_vs_ar"] == 1.0 and comp.summary["sjd:window=4"]["nfe_ratio_vs_ar"] < 1
+    assert (
+        comp.summary["ar"]["nfe_ratio_vs_ar"] == 1.0 and comp.summary["sjd:window=4"]["nfe_ratio_vs_ar"] < 1
+    )
 
 
 def test_outputs_and_folder_scoring(pipeline, prompts, tmp_path):  # noqa: F811
@@ -75,7 +83,13 @@ def test_outputs_and_folder_scoring(pipeline, prompts, tmp_path):  # noqa: F811
                    progress=False)  # fmt: skip
     written = write_outputs(comp, tmp_path / "out", grid_images=4, save_images=True)
     names = {p.name for p in written}
-    assert {"results.md", "results.json", "speed_quality.png", "accepted_histogram.png", "samples_ar.png"} <= names
+    assert {
+        "results.md",
+        "results.json",
+        "speed_quality.png",
+        "accepted_histogram.png",
+        "samples_ar.png",
+    } <= names
     data = json.loads((tmp_path / "out" / "results.json").read_text())
     assert data["prompts"] == prompts and set(data["summary"]) == {"ar", "sjd:window=4", "ar (other seeds)"}
     md = (tmp_path / "out" / "results.md").read_text()

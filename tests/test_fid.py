@@ -26,7 +26,10 @@ def test_real_vs_real_small_and_degraded_large(net, tmp_path):
     # red and blue swapped: same layouts, other colours -- a semantic change the features must see
     swapped = [Image.fromarray(np.asarray(im)[..., ::-1].copy()) for im in other]
     worse = frechet_distance(swapped, None, extractor=net, name="ShapesNet", real_stats=tmp_path / "ref.pt")
-    noise = [Image.fromarray(np.random.default_rng(i).integers(0, 255, (64, 64, 3), dtype=np.uint8)) for i in range(300)]
+    noise = [
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+        for i in range(300)
+    ]
     worst = frechet_distance(noise, None, extractor=net, name="ShapesNet", real_stats=tmp_path / "ref.pt")
     assert same.num_real == 300 and worse.num_real == 300  # second call read the cached statistics
     assert "ShapesNet" in str(same)
@@ -34,7 +37,9 @@ def test_real_vs_real_small_and_degraded_large(net, tmp_path):
 
 
 def test_cached_statistics_belong_to_their_extractor(net, tmp_path):
-    frechet_distance(images(20), images(20, 20), extractor=net, name="ShapesNet", real_stats=tmp_path / "r.pt")
+    frechet_distance(
+        images(20), images(20, 20), extractor=net, name="ShapesNet", real_stats=tmp_path / "r.pt"
+    )
     with pytest.raises(ValueError, match="holds statistics for 'ShapesNet', not 'Other'"):
         frechet_distance(images(20), None, extractor=net, name="Other", real_stats=tmp_path / "r.pt")
 

@@ -143,5 +143,7 @@ def test_missing_and_unexpected_keys(pipeline, tmp_path):
     sd.pop("norm.weight")
     sd["layers.9.attention.wqkv.weight"] = torch.zeros(1)
     save_file(sd, str(path))
-    with pytest.raises(ValueError, match=r"(?s)missing.*norm\.weight.*unexpected.*layers\.9\.attention\.wqkv\.weight"):
+    with pytest.raises(
+        ValueError, match=r"(?s)missing.*norm\.weight.*unexpected.*layers\.9\.attention\.wqkv\.weight"
+    ):
         ShapesT2IModel.load(path)

@@ -29,7 +29,9 @@ def tiny_model(seed: int = 0) -> ShapesT2IModel:
 
 
 def test_tokenizer_known_unknown_and_padding():
-    ids_BL, dropped = tokenize([PROMPT, "A LARGE, red circle!! at the Top-Left, on a blue zebra background."], 24)
+    ids_BL, dropped = tokenize(
+        [PROMPT, "A LARGE, red circle!! at the Top-Left, on a blue zebra background."], 24
+    )
     assert ids_BL.shape == (2, 24)
     words = PROMPT.split()
     assert ids_BL[0, : len(words)].tolist() == [VOCAB.index(w) for w in words]
@@ -55,7 +57,9 @@ def test_every_encoder_slot_sees_every_word():
     enc = CaptionEncoder(CaptionEncoderConfig()).eval()
     a, _ = enc.encode([PROMPT])
     b, _ = enc.encode([PROMPT.replace("red", "green")])  # one word changed
-    c, _ = enc.encode(["a large red circle at the top left on a blue background".replace("top left", "left top")])
+    c, _ = enc.encode(
+        ["a large red circle at the top left on a blue background".replace("top left", "left top")]
+    )
     assert a.shape == (1, 24, 128)
     assert ((a - b).abs().amax(-1) > 1e-4).all()  # every slot, padding included, changed
     assert ((a - c).abs().amax(-1) > 1e-4).all()  # word order reaches every slot too
@@ -160,7 +164,9 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path, one_thread):
     _, first = train(model_cfg, cfg, tmp_path / "resumed", stop_at=2, progress=False)
     assert first["step"] == 2
     seen = []
-    resumed, _ = train(model_cfg, cfg, tmp_path / "resumed", progress=False, on_step=lambda s, _: seen.append(s))
+    resumed, _ = train(
+        model_cfg, cfg, tmp_path / "resumed", progress=False, on_step=lambda s, _: seen.append(s)
+    )
     assert seen == [3]  # only the missing step ran
     for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=k)

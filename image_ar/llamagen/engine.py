@@ -37,7 +37,9 @@ class ConditionedGPT:
         return self.gpt.new_cache(batch, capacity)
 
     def forward(self, tokens_BT, pos_BT, cache, slots_BT, mask_BTS) -> torch.Tensor:
-        return self.gpt.forward(tokens_BT, pos_BT, cache, slots_BT, mask_BTS, cond_embs_BLC=self.cond_embs_BLC)
+        return self.gpt.forward(
+            tokens_BT, pos_BT, cache, slots_BT, mask_BTS, cond_embs_BLC=self.cond_embs_BLC
+        )
 
     def placeholder_ids(self, batch: int) -> torch.Tensor:
         """The ``[batch, L]`` prompt ids of condition slots (ignored: their embeddings are bound)."""

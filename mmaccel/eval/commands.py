@@ -22,16 +22,27 @@ import sys
 
 # name -> (module, function, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "latency": ("mmaccel.eval.latency", "main", "forward passes, tokens/forward, wall-clock, images/s, memory"),
+    "latency": (
+        "mmaccel.eval.latency",
+        "main",
+        "forward passes, tokens/forward, wall-clock, images/s, memory",
+    ),
     "compare": ("mmaccel.eval.compare", "main", "speed and quality of several methods: table, JSON, plots"),
     "fid": ("mmaccel.eval.compare", "main_fid", "Frechet distance of methods (or of an image folder)"),
-    "accuracy": ("mmaccel.eval.compare", "main_accuracy", "prompt accuracy of methods (or of an image folder)"),
+    "accuracy": (
+        "mmaccel.eval.compare",
+        "main_accuracy",
+        "prompt accuracy of methods (or of an image folder)",
+    ),
     "t2i": ("mmaccel.eval.compare", "main", "alias of compare (the former text-to-image benchmark)"),
 }
 
 
 def usage() -> str:
-    lines = ["usage: mmaccel eval {" + ",".join(COMMANDS) + "} [options]   (-h after a command for its options)", ""]
+    lines = [
+        "usage: mmaccel eval {" + ",".join(COMMANDS) + "} [options]   (-h after a command for its options)",
+        "",
+    ]
     lines += [f"  {name:9s} {help_}" for name, (_, _, help_) in COMMANDS.items()]
     return "\n".join(lines)
 

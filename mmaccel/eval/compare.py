@@ -129,7 +129,9 @@ def to_markdown(summary: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str
                  lambda s: s["latency_median_s"], lambda s: s["wall_clock_ratio_vs_ar"],
                  lambda s: s["peak_mem_mb"]]  # fmt: skip
     rows = [[label, *(c(s) for c in cols)] for label, s in summary.items()]
-    head = ", ".join(f"{k} {'model default' if v is None else v}" for k, v in meta.items() if not isinstance(v, dict))
+    head = ", ".join(
+        f"{k} {'model default' if v is None else v}" for k, v in meta.items() if not isinstance(v, dict)
+    )
     text = f"{head}\n\n{markdown_table(headers, rows)}\n"
     if "accuracy" in first:
         text += "\n(± is the 95% binomial interval.)\n"
@@ -137,7 +139,10 @@ def to_markdown(summary: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str
         lines = []
         for label, s in summary.items():
             h, total = s["accepted_histogram"], sum(s["accepted_histogram"]) or 1
-            lines.append(f"- `{label}`: " + ", ".join(f"{k}: {c / total:.3f}" for k, c in enumerate(h) if c and k <= 20))
+            lines.append(
+                f"- `{label}`: "
+                + ", ".join(f"{k}: {c / total:.3f}" for k, c in enumerate(h) if c and k <= 20)
+            )
         text += "\nTokens emitted per verify step (fraction of steps):\n\n" + "\n".join(lines) + "\n"
     return text
 
@@ -155,7 +160,9 @@ def grid(images: Sequence[Image.Image], cols: int = 8) -> Image.Image:
     return out
 
 
-def write_outputs(comp: Comparison, out: Path, grid_images: int = 16, save_images: bool = False) -> list[Path]:
+def write_outputs(
+    comp: Comparison, out: Path, grid_images: int = 16, save_images: bool = False
+) -> list[Path]:
     """``results.md``, ``results.json``, the plots, sample grids and (optionally) every image
     with its ``prompts.txt`` (a folder ``eval accuracy --images`` reads back)."""
     from mmaccel.eval.plots import plot_histograms, plot_speed_quality
@@ -164,7 +171,9 @@ def write_outputs(comp: Comparison, out: Path, grid_images: int = 16, save_image
     md = to_markdown(comp.summary, comp.meta)
     written = [out / "results.md", out / "results.json"]
     written[0].write_text(md)
-    written[1].write_text(json.dumps({"meta": comp.meta, "prompts": comp.prompts, "summary": comp.summary}, indent=1))
+    written[1].write_text(
+        json.dumps({"meta": comp.meta, "prompts": comp.prompts, "summary": comp.summary}, indent=1)
+    )
     written += [p for p in (plot_speed_quality(comp.summary, out / "speed_quality.png"),
                             plot_histograms(comp.summary, out / "accepted_histogram.png")) if p]  # fmt: skip
     for label, images in comp.images.items():
@@ -219,14 +228,22 @@ def _run(argv: list[str] | None, command: str, metrics: Sequence[str]) -> int:
         parser.add_argument("--real-stats", type=Path, default=None,
                             help="cache file of the real-image statistics (default: ~/.cache/mmaccel/...)")  # fmt: skip
     if command in ("fid", "accuracy"):
-        parser.add_argument("--images", type=Path, default=None, help="score this folder of .png images instead")
-        parser.add_argument("--prompt-file", type=Path, default=None, help="prompts of --images, one per line")
+        parser.add_argument(
+            "--images", type=Path, default=None, help="score this folder of .png images instead"
+        )
+        parser.add_argument(
+            "--prompt-file", type=Path, default=None, help="prompts of --images, one per line"
+        )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        fd_ref = fd_reference(args.extractor, args.real, args.real_seed, args.real_stats) if "fd" in metrics else None
+        fd_ref = (
+            fd_reference(args.extractor, args.real, args.real_seed, args.real_stats)
+            if "fd" in metrics
+            else None
+        )
         if getattr(args, "images", None) is not None:
             scores = score_folder(args.images, metrics, fd_ref, args.prompt_file)
             print(markdown_table(["folder", *scores], [[str(args.images), *scores.values()]]))

@@ -67,7 +67,9 @@ def make_metric(extractor: nn.Module | None = None, name: str | None = None):
                 "Inception weights are not on this machine and cannot be downloaded; pass a feature "
                 "extractor (e.g. image_ar.shapes_features.load_feature_net())"
             )
-        return FrechetInceptionDistance(feature=2048, normalize=True, sync_on_compute=False), name or "Inception"
+        return FrechetInceptionDistance(
+            feature=2048, normalize=True, sync_on_compute=False
+        ), name or "Inception"
     extractor = extractor.eval()
     metric = FrechetInceptionDistance(feature=extractor, normalize=True, input_img_size=(3, 64, 64),
                                       sync_on_compute=False)  # fmt: skip

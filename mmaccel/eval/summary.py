@@ -68,11 +68,17 @@ def fd_reference(extractor: str = "shapesnet", real: int = 1000, real_seed: int 
         from mmaccel.eval.fid import inception_available
 
         if not inception_available():
-            raise ValueError("Inception weights are not on this machine and cannot be downloaded; use shapesnet")
+            raise ValueError(
+                "Inception weights are not on this machine and cannot be downloaded; use shapesnet"
+            )
         net, name, tag = None, "Inception", "torchmetrics"
     else:
         raise ValueError(f"unknown feature extractor {extractor!r}; use shapesnet or inception")
-    path = Path(stats_path) if stats_path else default_cache_dir() / f"fd_{name}_{tag}_real{real}_seed{real_seed}.pt"
+    path = (
+        Path(stats_path)
+        if stats_path
+        else default_cache_dir() / f"fd_{name}_{tag}_real{real}_seed{real_seed}.pt"
+    )
     return FDReference(net, name, path, real, real_seed)
 
 
@@ -89,7 +95,9 @@ def frechet(images: Sequence[Image.Image], ref: FDReference, progress: bool = Fa
     from mmaccel.eval.fid import frechet_distance
 
     reals = None if ref.stats_path.exists() else real_images(ref.real, ref.real_seed, progress)
-    return frechet_distance(images, reals, extractor=ref.extractor, name=ref.name, real_stats=ref.stats_path).fid
+    return frechet_distance(
+        images, reals, extractor=ref.extractor, name=ref.name, real_stats=ref.stats_path
+    ).fid
 
 
 def accuracy(images: Sequence[Image.Image], prompts: Sequence[str]) -> dict[str, float]:
@@ -133,7 +141,11 @@ def speed_stats(rows: Sequence[ChunkResult], ar_rows: Sequence[ChunkResult]) -> 
 def fd_column(summary: dict[str, dict[str, Any]]) -> tuple[str, str] | None:
     """(key, label) of the FD figure in a summary, e.g. ("fd_shapesnet", "FD-ShapesNet")."""
     first = next(iter(summary.values()))
-    return (f"fd_{first['fd_extractor'].lower()}", f"FD-{first['fd_extractor']}") if "fd_extractor" in first else None
+    return (
+        (f"fd_{first['fd_extractor'].lower()}", f"FD-{first['fd_extractor']}")
+        if "fd_extractor" in first
+        else None
+    )
 
 
 def image_digest(images: Sequence[Image.Image]) -> str:
