@@ -22,6 +22,9 @@ prefill included. A per-row window (``zipar+sjd``, ``zipar+lantern``) gives each
 own Jacobi drafts, verified by the method's acceptor in the same forward; a row may then
 advance several tokens, but never to within w - 1 columns of the row above (so every token
 sees at least as much of the row above as in plain ZipAR).
+Streams that would sit idle are used: a row waiting to start (the row above holds 1..w-1
+tokens) already joins the forward behind a stand-in, refining its drafts and emitting nothing,
+and a row held back by the row above keeps its window where it is.
 
 Streams are slots s = 0..S-1 with S = min(H, ceil(W / w) + 1); stream s serves rows
 r = s (mod S) in turn. Everything below is tensor arithmetic: no host sync inside a step.
@@ -120,26 +123,28 @@ class ZipARRunner:
         startable_BS = (row_BS == 0) | (above_BS >= w)
         live_BS = has_row_BS & startable_BS
         standin_BS = live_BS & (count_BS == 0)
+        # a row waiting for the row above uses its idle stream to refine its drafts (nothing emitted)
+        warm_BS = has_row_BS & ~startable_BS & (count_BS == 0) & (above_BS >= 1) & (self.L.drafts > 0)
         flush_BS = live_BS & (count_BS == W) & (cached_BS == W - 1)
         normal_BS = live_BS & (count_BS > 0) & (count_BS < W)
         # room this step: to the row end, and never closer than w - 1 columns to the row above
         above_done_BS = (row_BS == 0) | (above_BS == W)
         cap_BS = torch.where(above_done_BS, W, above_BS - w + 1) - count_BS
         allow_BS = torch.where(normal_BS | standin_BS, torch.minimum(W - count_BS, cap_BS).clamp(min=0), 0)
-        return row_BS, count_BS, above_BS, normal_BS, standin_BS, flush_BS, allow_BS
+        return row_BS, count_BS, above_BS, normal_BS, standin_BS, warm_BS, flush_BS, allow_BS
 
     # ---- one forward ----------------------------------------------------------------------
     def step(self) -> None:
         H, W, S, K = self.L.rows, self.L.width, self.L.streams, self.L.drafts
         B, dev, V = self.B, self.count_BH.device, self.ctx.vocab_size
-        row_BS, count_BS, above_BS, normal_BS, standin_BS, flush_BS, allow_BS = self._assign()
+        row_BS, count_BS, above_BS, normal_BS, standin_BS, warm_BS, flush_BS, allow_BS = self._assign()
         hist_BN = self.ctx.history_BN
         next_BS = row_BS * W + count_BS  # history index of the row's next token
         # a stand-in copies the latest token of the row above
-        pend_idx_BS = torch.where(standin_BS, (row_BS - 1).clamp(min=0) * W + above_BS, next_BS) - 1
+        pend_idx_BS = torch.where(standin_BS | warm_BS, (row_BS - 1).clamp(min=0) * W + above_BS, next_BS) - 1
         pend_idx_BS = pend_idx_BS.clamp(min=0)
         pending_BS = hist_BN.gather(1, pend_idx_BS)
-        active_BS = normal_BS | standin_BS | flush_BS
+        active_BS = normal_BS | standin_BS | warm_BS | flush_BS
 
         # drafts: restart the window of streams that moved to a new row
         sctx = self._stream_ctx(next_BS)
@@ -209,10 +214,11 @@ class ZipARRunner:
             0, total_B.clamp(max=st.emitted_hist_T.shape[0] - 1), (~was_done_B).long()
         )
 
-        # the drafter moves each stream's window past what it emitted
+        # the drafter moves each stream's window past what it emitted; a stream that emitted
+        # nothing (held back by the row above) keeps its window in place (num_accepted -1)
         last_BS = emitted_BST.gather(2, (emit_BS - 1).clamp(min=0)[..., None])[..., 0]
         acc2 = Acceptance(
-            (emit_BS - 1).clamp(min=0).reshape(-1), torch.where(emit_BS > 0, last_BS, pending_BS).reshape(-1)
+            (emit_BS - 1).reshape(-1), torch.where(emit_BS > 0, last_BS, pending_BS).reshape(-1)
         )
         self.draft = self.drafter.update(self._stream_ctx(next_BS + emit_BS), self.draft, p_NTV, acc2)
 

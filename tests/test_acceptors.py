@@ -111,3 +111,18 @@ def test_window_shift_and_initialisation():
     vertical = JacobiDrafter(K, "vertical").update(ctx, drafts, p, acc)
     # history 7 1 2 3 | window 4 5 _ _: slots at indices 6, 7 copy indices 4, 5 (one row of 2 up)
     assert vertical.tokens_BK.tolist() == [[4, 5, 4, 5]]
+
+
+def test_a_row_that_emitted_nothing_keeps_its_window_in_place():
+    """num_accepted -1 (a ZipAR row held back by the row above): slot j is redrawn from p[j]."""
+    K, Vs = 3, 10
+    p = F.one_hot(torch.tensor([[4, 5, 6, 7]]), Vs).float()
+    drafts = Draft(torch.tensor([[1, 2, 3]]), F.one_hot(torch.tensor([[1, 2, 3]]), Vs).float())
+    history = torch.tensor([[7, 1, 2, 0, 0, 0, 0, 0]])
+    ctx = DraftContext(Vs, None, None, history, torch.tensor([3]))
+    for coupled in (False, True):
+        held = JacobiDrafter(K, "random", coupled=coupled).update(
+            ctx, drafts, p, Acceptance(torch.tensor([-1]), torch.tensor([2]))
+        )
+        assert held.tokens_BK.tolist() == [[4, 5, 6]]
+        torch.testing.assert_close(held.q_BKV, p[:, :K])

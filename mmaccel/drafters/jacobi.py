@@ -48,6 +48,9 @@ class JacobiDrafter(Drafter):
         return Draft(tokens_BK, F.one_hot(tokens_BK, ctx.vocab_size).float())
 
     def update(self, ctx: DraftContext, draft: Draft, p_BTV: torch.Tensor, acc: Acceptance) -> Draft:
+        """The window after a verify step. ``acc.num_accepted_B`` may be -1 for a row that emitted
+        nothing this step (a ZipAR row held back by the row above): its window stays where it
+        was and every slot is redrawn from its own p."""
         K = self.window
         n_B1 = acc.num_accepted_B[:, None]
         # new-window slot j sits where old draft n+1+j and target distribution n+1+j were
@@ -69,7 +72,7 @@ class JacobiDrafter(Drafter):
             fresh_BK = torch.where(has_old_BK, redraw_BK, fresh_BK)
         # the token left of the first new slot: last redrawn one, else the next token itself
         left_BK1 = torch.cat([acc.next_token_B[:, None], fresh_BK], dim=1)
-        last_B = left_BK1.gather(1, (K - n_B1).clamp(min=0))[:, 0]
+        last_B = left_BK1.gather(1, (K - n_B1).clamp(min=0, max=K))[:, 0]
         tokens_BK = self._initialise(ctx, fresh_BK, ~has_p_BK, last_B)
         q_BKV = torch.where(has_p_BK[..., None], p_new_BKV, F.one_hot(tokens_BK, V).to(p_new_BKV.dtype))
         return Draft(tokens_BK, q_BKV)
