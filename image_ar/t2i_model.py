@@ -105,6 +105,8 @@ class ShapesT2IWeights(nn.Module):
         super().__init__()
         for name, child in model.gpt.named_children():
             self.add_module(name, child)
+        for name, param in model.gpt.named_parameters(recurse=False):  # e.g. condition_rope_gate
+            self.register_parameter(name, param)
         self.add_module(CAPTION_PREFIX.rstrip("."), model.caption_encoder)
 
 

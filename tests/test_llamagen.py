@@ -41,10 +41,11 @@ GPT_FIELDS = set(GPTConfig.__dataclass_fields__)
 
 
 def gpt_config(name: str) -> GPTConfig:
-    """An official config from the fixture; ``+pos`` adds the project's image-position embedding."""
-    base, _, variant = name.partition("+")
+    """An official config from the fixture; ``+pos`` adds the project's image-position embedding,
+    ``+gate`` its condition RoPE gate."""
+    base, *variants = name.split("+")
     fields = {k: v for k, v in FIXTURE["configs"][base].items() if k in GPT_FIELDS}
-    return GPTConfig(**fields, image_pos_embedding=variant == "pos")
+    return GPTConfig(**fields, image_pos_embedding="pos" in variants, condition_rope_gate="gate" in variants)
 
 
 def vq_config() -> VQConfig:
@@ -146,10 +147,27 @@ def test_rope_pairs_are_interleaved_complex_rotations():
     torch.testing.assert_close(out[:, :, 1], torch.view_as_real(z * w).flatten(-2), atol=1e-5, rtol=1e-5)
 
 
+def test_condition_rope_gate_starts_as_the_official_model_and_learns():
+    """At g = 0 the gated model is the official one (same weights, same logits); g != 0 lets
+    image tokens tell caption slots apart, and g gets a gradient at 0."""
+    official, gated = random_gpt("gpt_t2i+pos"), GPT(gpt_config("gpt_t2i+pos+gate")).eval()
+    gated.load_state_dict({**official.state_dict(), "condition_rope_gate": torch.zeros(())})
+    assert "condition_rope_gate" not in official.state_dict()
+    cond, image_BN = condition(official), torch.randint(0, official.vocab_size, (2, 6))
+    with torch.no_grad():
+        assert torch.equal(gated.full_logits(cond, image_BN), official.full_logits(cond, image_BN))
+    loss = gated.full_logits(cond, image_BN).logsumexp(-1).sum()
+    loss.backward()
+    assert gated.condition_rope_gate.grad.abs() > 0
+    with torch.no_grad():
+        gated.condition_rope_gate.fill_(1.0)
+        assert not torch.allclose(gated.full_logits(cond, image_BN), official.full_logits(cond, image_BN))
+
+
 # --- cached decoding through the protocol ---------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["gpt_c2i", "gpt_t2i", "gpt_t2i+pos"])
+@pytest.mark.parametrize("name", ["gpt_c2i", "gpt_t2i", "gpt_t2i+pos", "gpt_t2i+pos+gate"])
 def test_cached_decoding_equals_full_logits(name):
     model = random_gpt(name)
     B, N, L = 2, 10, model.cls_token_num
@@ -243,9 +261,11 @@ def test_gpt_c2i_checkpoint_loads_back(tmp_path, fmt):
         assert torch.equal(loaded.full_logits(cond, image_BN), model.full_logits(cond, image_BN))
 
 
-@pytest.mark.parametrize("fmt", ["ddp", "safetensors"])
-def test_gpt_t2i_checkpoint_loads_back(tmp_path, fmt):
-    model = random_gpt("gpt_t2i")
+@pytest.mark.parametrize(
+    ("fmt", "name"), [("ddp", "gpt_t2i"), ("safetensors", "gpt_t2i"), ("safetensors", "gpt_t2i+gate")]
+)
+def test_gpt_t2i_checkpoint_loads_back(tmp_path, fmt, name):
+    model = random_gpt(name)
     loaded = load_gpt(save_official(model.state_dict(), tmp_path / "gpt.pt", fmt), model.cfg)
     cond, image_BN = condition(model), torch.randint(0, model.vocab_size, (2, 6))
     with torch.no_grad():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -103,8 +104,15 @@ def test_teacher_forced_forward_matches_the_gpt_reference_and_cfg_dropout():
     assert model.null_cond_embs(3).shape == (3, 24, 32)
 
 
-def test_save_load_roundtrip_gives_identical_logits(tmp_path):
+@pytest.mark.parametrize("gated", [False, True])
+def test_save_load_roundtrip_gives_identical_logits(tmp_path, gated):
     model = tiny_model()
+    if gated:  # a GPT-level parameter (not in a submodule) must reach the file too
+        torch.manual_seed(0)
+        model = ShapesT2IModel(t2i_config(dim=32, n_layer=2, n_head=2, condition_rope_gate=True)).eval()
+        with torch.no_grad():
+            model.gpt.output.weight.normal_(0.0, 0.5)
+            model.gpt.condition_rope_gate.fill_(0.75)
     with torch.no_grad():  # the file is fp16: make the weights exactly representable first
         for t in model.state_dict().values():
             t.copy_(t.half().float())
@@ -116,6 +124,7 @@ def test_save_load_roundtrip_gives_identical_logits(tmp_path):
             "cls_embedding.uncond_embedding", "output.weight", "caption_encoder.word_embedding.weight"} <= set(sd)  # fmt: skip
     loaded = ShapesT2IModel.load(path)
     assert loaded.cfg == model.cfg
+    assert ("condition_rope_gate" in sd) == gated
     ids_BL, _ = model.tokenize([PROMPT])
     tokens_BN = torch.randint(0, 1024, (1, 256))
     with torch.no_grad():
@@ -188,3 +197,31 @@ def test_data_may_be_several_token_files_used_in_order(tmp_path):
         load_tokens([])
     (tmp_path / "cfg.json").write_text(json.dumps({"train": {"data": ["a.pt", "b.pt"]}}))
     assert load_config(tmp_path / "cfg.json")[1].data == ("a.pt", "b.pt")
+
+
+def test_a_gated_stage_continues_an_ungated_run_and_moves_its_gate(tmp_path, one_thread):
+    """init_from a checkpoint without ``condition_rope_gate``: the gate starts at ``gate_init``
+    (at 0 the first logits are the old model's) and, with ``gate_lr_scale``, moves ~scale x
+    further than lr would take it."""
+    g = torch.Generator().manual_seed(0)
+    captions = [caption(sample_scene(i)) for i in range(16)]
+    torch.save({"tokens": torch.randint(0, 1024, (16, 256), generator=g).to(torch.int16), "captions": captions},
+               tmp_path / "tokens.pt")  # fmt: skip
+    base = dict(data=str(tmp_path / "tokens.pt"), vq=None, batch_size=4, warmup_steps=1, heldout_size=4,
+                eval_every=100, log_every=1, lr=1e-3, min_lr_ratio=1.0)  # fmt: skip
+    old, _ = train(t2i_config(dim=32, n_layer=1, n_head=2, image_pos_embedding=True), TrainConfig(steps=2, **base),
+                   tmp_path / "old", progress=False)  # fmt: skip
+    gated_cfg = t2i_config(dim=32, n_layer=1, n_head=2, image_pos_embedding=True, condition_rope_gate=True)
+    cfg = TrainConfig(steps=3, init_from=str(tmp_path / "old" / "ckpt.pt"), gate_lr_scale=50.0, **base)
+    gated, _ = train(gated_cfg, cfg, tmp_path / "new", progress=False, stop_at=0)
+    assert gated.gpt.condition_rope_gate.item() == 0.0
+    words, _ = old.tokenize([PROMPT])
+    image_BN = torch.randint(0, 1024, (1, 256), generator=g)
+    with torch.no_grad():
+        assert torch.equal(gated(words, image_BN), old(words, image_BN))
+    gated, _ = train(gated_cfg, cfg, tmp_path / "new", progress=False)
+    assert 3 * 1e-3 < abs(gated.gpt.condition_rope_gate.item()) <= 3 * 50e-3 * 1.01
+    started = train(
+        gated_cfg, dataclasses.replace(cfg, gate_init=0.25), tmp_path / "new2", progress=False, stop_at=0
+    )
+    assert started[0].gpt.condition_rope_gate.item() == 0.25

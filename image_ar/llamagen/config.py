@@ -39,6 +39,11 @@ class GPTConfig:
             a learned absolute embedding per image position, added to the token embedding.
             Official models know where a token is only through relative 2D RoPE; a tiny
             model trained briefly could not place objects where the caption says without it.
+        condition_rope_gate: NOT in official LlamaGen (keep False to load its checkpoints):
+            a learned scalar g, zero at init, that condition slots use as their RoPE row
+            (cos = g, sin = 0) instead of the official all-zero row. At g = 0 the model is the
+            official one; g != 0 gives condition queries and keys back, so image tokens can
+            attend to one caption slot rather than to the mean of all of them.
     """
 
     dim: int = 4096
@@ -59,6 +64,7 @@ class GPTConfig:
     class_dropout_prob: float = 0.1
     block_size: int = 256
     image_pos_embedding: bool = False
+    condition_rope_gate: bool = False
 
     def __post_init__(self) -> None:
         if self.model_type not in ("c2i", "t2i"):

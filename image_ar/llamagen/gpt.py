@@ -20,7 +20,8 @@ Without ``cond_embs_BLC`` condition positions would embed their ids: do not do t
 
 Official quirk kept on purpose: the official RoPE table has all-zero (cos = sin = 0) rows
 for condition positions, so q and k of condition tokens are zero; conditions reach image
-tokens through values only, with attention logit 0. See ``rope.py``.
+tokens through values only, with attention logit 0. See ``rope.py``. (The project's
+``condition_rope_gate`` option replaces those rows by a learned (g, 0); off by default.)
 
 Caption padding (t2i): the official sampler masks padded caption slots out of every query
 except their own slot; ``condition_padding_mask`` applies that to a mask built by the cache.
@@ -168,6 +169,8 @@ class GPT(nn.Module):
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
         if cfg.image_pos_embedding:  # project variant (see GPTConfig); starts at zero
             self.image_pos_embedding = nn.Embedding(cfg.block_size, cfg.dim)
+        if cfg.condition_rope_gate:  # project variant (see GPTConfig); starts at zero
+            self.condition_rope_gate = nn.Parameter(torch.zeros(()))
         self.layers = nn.ModuleList(TransformerBlock(cfg, i) for i in range(cfg.n_layer))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
@@ -183,6 +186,8 @@ class GPT(nn.Module):
             self.output.weight.zero_()
         if self.cfg.image_pos_embedding:  # zero: a model gains it without changing its function
             self.image_pos_embedding.weight.zero_()
+        if self.cfg.condition_rope_gate:  # likewise: at zero it is the official all-zero row
+            self.condition_rope_gate.zero_()
 
     # --- conditions -------------------------------------------------------------------------
 
@@ -325,6 +330,9 @@ class GPT(nn.Module):
 
     def _run(self, x_BTC, pos_BT, cache, slots_BT, mask_B1TS) -> torch.Tensor:
         rope_BTP2 = rope_2d(pos_BT, self.cfg)
+        if self.cfg.condition_rope_gate:  # condition rows (0, 0) become (g, 0)
+            g = self.condition_rope_gate.float()
+            rope_BTP2 = rope_BTP2 + (pos_BT < self.cls_token_num)[..., None, None] * torch.stack([g, g * 0])
         for layer in self.layers:
             x_BTC = layer(x_BTC, rope_BTP2, cache, slots_BT, mask_B1TS)
         return self.output(self.norm(x_BTC)).float()
