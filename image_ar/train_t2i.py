@@ -39,7 +39,8 @@ from image_ar.t2i_model import ShapesT2IConfig, ShapesT2IModel, t2i_config
 log = logging.getLogger(__name__)
 
 CKPT_NAME = "ckpt.pt"
-# parameters a later stage may add (zero-initialised, so the stage starts from the old function)
+# parameters a later stage may add: zero-initialised (the stage starts from the old function),
+# except that the gate starts at TrainConfig.gate_init
 NEW_IN_LATER_STAGES = ("gpt.image_pos_embedding.", "gpt.condition_rope_gate")
 
 
