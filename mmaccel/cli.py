@@ -1,9 +1,11 @@
 """The ``mmaccel`` command line. Argument parsing lives here and nowhere in the library.
 
-mmaccel generate-image "a large red circle at the top left on a blue background" --method sjd --out x.png
-mmaccel eval latency --methods ar,sjd,sjd-coupled:init=vertical
-mmaccel eval compare --methods ar,sjd,sjd-coupled --prompts 200      (also: fid, accuracy; see mmaccel eval -h)
-mmaccel methods | models
+Usage::
+
+    mmaccel generate-image "a large red circle at the top left on a blue background" --method sjd --out x.png
+    mmaccel eval latency --methods ar,sjd,sjd-coupled:init=vertical
+    mmaccel eval compare --methods ar,sjd,sjd-coupled --prompts 200      (also: fid, accuracy; see mmaccel eval -h)
+    mmaccel methods | models
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ import torch
 
 @dataclass(frozen=True)
 class Acceptance:
-    num_accepted_B: torch.Tensor  # int64 [B], in 0..K
+    num_accepted_B: torch.Tensor  # int64 [B], in 0..K (-1 only for Drafter.update: nothing emitted)
     next_token_B: torch.Tensor  # int64 [B]
 
 

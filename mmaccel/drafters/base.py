@@ -44,6 +44,9 @@ class Drafter:
         raise NotImplementedError
 
     def update(self, ctx: DraftContext, draft: Draft, p_BTV: torch.Tensor, acc: Acceptance) -> Draft:
+        """The next window after a verify step that emitted ``acc.num_accepted_B + 1`` tokens per
+        row; ``num_accepted_B`` = -1 means the row emitted nothing (a ZipAR row held back by the
+        row above) and its window keeps its place."""
         raise NotImplementedError
 
 
