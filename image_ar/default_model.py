@@ -33,12 +33,15 @@ class ShapesT2IPipeline:
 
     name = "shapes-t2i"
 
-    def __init__(self, t2i, vq: VQModel, default_guidance: float = 1.0) -> None:
+    def __init__(
+        self, t2i, vq: VQModel, default_guidance: float = 1.0, default_temperature: float = 1.0
+    ) -> None:
         self.t2i, self.vq = t2i.eval(), vq.eval()
         self.gpt = t2i.gpt
         self.num_image_tokens = self.gpt.cfg.block_size
         self.grid = self.gpt.grid_width
         self.default_guidance = default_guidance
+        self.default_temperature = default_temperature
         with torch.no_grad():  # held once, so LANTERN's neighbour table is built once per model
             self.codebook = vq.quantize.codebook().detach().clone()
 
@@ -87,4 +90,9 @@ def load_default(device: str | torch.device = "cpu") -> ShapesT2IPipeline:
     vq = load_trained_vq(VQ_WEIGHTS).to(device)
     t2i = ShapesT2IModel.load(T2I_WEIGHTS).to(device)
     meta = json.loads(T2I_WEIGHTS.with_suffix(".json").read_text())
-    return ShapesT2IPipeline(t2i, vq, default_guidance=float(meta.get("default_guidance", 1.0)))
+    return ShapesT2IPipeline(
+        t2i,
+        vq,
+        default_guidance=float(meta.get("default_guidance", 1.0)),
+        default_temperature=float(meta.get("default_temperature", 1.0)),
+    )

@@ -6,7 +6,8 @@ losses, the command that trained it and the one that exported it, so an interrup
 still ships honest, labelled weights. ``train_t2i`` resumes from the same checkpoint.
 
 Usage: ``python -m image_ar.export_t2i --out-dir outputs/t2i_stageN --config image_ar/configs/t2i_tiny_stageN.json
---default-guidance G`` (the stage of the shipped weights and its G: image_ar/configs/README.md)
+--default-guidance G --default-temperature T`` (the stage of the shipped weights, its G and T:
+image_ar/configs/README.md)
 """
 
 from __future__ import annotations
@@ -23,7 +24,14 @@ from image_ar.t2i_model import ShapesT2IModel
 from image_ar.train_t2i import CKPT_NAME, load_config
 
 
-def export(out_dir: Path, config: Path, target: Path, default_guidance: float, command: str) -> Path:
+def export(
+    out_dir: Path,
+    config: Path,
+    target: Path,
+    default_guidance: float,
+    command: str,
+    default_temperature: float = 1.0,
+) -> Path:
     """Save the checkpoint's model as fp16 weights at ``target``; return the weights path."""
     ckpt_path = out_dir / CKPT_NAME
     if not ckpt_path.exists():
@@ -39,6 +47,7 @@ def export(out_dir: Path, config: Path, target: Path, default_guidance: float, c
         "result": {**ckpt["summary"], "step": ckpt["step"], "elapsed_s": ckpt["elapsed"]},
         "finished": ckpt["step"] >= train_cfg.steps,
         "default_guidance": default_guidance,
+        "default_temperature": default_temperature,
     }
     path, _ = model.eval().save(target, meta)
     return path
@@ -50,9 +59,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", type=Path, required=True, help="the config that run was trained with")
     parser.add_argument("--target", type=Path, default=Path("image_ar/weights/shapes_t2i.safetensors"))
     parser.add_argument("--default-guidance", type=float, default=1.0)
+    parser.add_argument("--default-temperature", type=float, default=1.0)
     args = parser.parse_args(argv)
     command = "python -m image_ar.export_t2i " + shlex.join(sys.argv[1:] if argv is None else argv)
-    path = export(args.out_dir, args.config, args.target, args.default_guidance, command)
+    if args.default_temperature < 0 or args.default_guidance < 0:
+        parser.error("--default-guidance and --default-temperature must be >= 0")
+    path = export(
+        args.out_dir, args.config, args.target, args.default_guidance, command, args.default_temperature
+    )
     meta = json.loads(path.with_suffix(".json").read_text())
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) at step {meta['result']['step']}")
 

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--out", default="out.png")
     gen.add_argument("--guidance-scale", type=float, default=None)
-    gen.add_argument("--temperature", type=float, default=1.0)
+    gen.add_argument("--temperature", type=float, default=None, help="default: the model's")
     gen.add_argument("--top-k", type=int, default=0)
     gen.add_argument("--top-p", type=float, default=1.0)
     gen.add_argument("--window", type=int, default=None)

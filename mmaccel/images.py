@@ -47,6 +47,7 @@ class ImageModel(Protocol):
     name: str
     num_image_tokens: int
     default_guidance: float
+    default_temperature: float
 
     def condition(self, prompts: list[str], guidance: bool) -> ConditionedPrompts: ...
 
@@ -108,7 +109,7 @@ def generate_image(
     model: str | ImageModel = DEFAULT_MODEL,
     seed: int | None = None,
     guidance_scale: float | None = None,
-    temperature: float = 1.0,
+    temperature: float | None = None,
     top_k: int = 0,
     top_p: float = 1.0,
     return_output: bool = False,
@@ -124,7 +125,9 @@ def generate_image(
         seed: same seed, same method, same images.
         guidance_scale: classifier-free guidance (``l_u + s (l_c - l_u)``); default: the model's.
             1 disables guidance.
-        temperature, top_k, top_p: the target distribution every method is verified against.
+        temperature: softmax temperature of the target distribution; default: the model's
+            (``ImageModel.default_temperature``, picked on tuning prompts for the embedded model).
+        top_k, top_p: the rest of the target distribution every method is verified against.
         return_output: return an ``ImageOutput`` with statistics instead of the image(s).
         method_options: e.g. ``window=16``, ``init="vertical"``.
 
@@ -133,13 +136,16 @@ def generate_image(
     """
     prompts = _check_prompts(prompt)
     resolve_method(method, method_options)  # bad methods and options fail before any work
-    _check_sampling(1, temperature, top_k, top_p, None)
+    if temperature is not None and (not isinstance(temperature, int | float) or temperature < 0):
+        raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
+    _check_sampling(1, 1.0 if temperature is None else temperature, top_k, top_p, None)
     if guidance_scale is not None and (not isinstance(guidance_scale, int | float) or guidance_scale < 0):
         raise ValueError(f"guidance_scale must be a number >= 0, got {guidance_scale!r}")
     image_model = load_model(model) if isinstance(model, str) else model
     if not isinstance(image_model, ImageModel):
         raise TypeError(f"model must be a model name or an mmaccel ImageModel, got {type(model).__name__}")
     scale = image_model.default_guidance if guidance_scale is None else float(guidance_scale)
+    temperature = image_model.default_temperature if temperature is None else float(temperature)
     t0 = time.perf_counter()
     cond = image_model.condition(prompts, guidance=scale != 1.0)
     for warning in cond.warnings:

@@ -147,3 +147,21 @@ def test_missing_and_unexpected_keys(pipeline, tmp_path):
         ValueError, match=r"(?s)missing.*norm\.weight.*unexpected.*layers\.9\.attention\.wqkv\.weight"
     ):
         ShapesT2IModel.load(path)
+
+
+def test_model_default_temperature_applies_unless_overridden(pipeline, guided_reference):
+    greedy_model = ShapesT2IPipeline(pipeline.t2i, pipeline.vq, default_guidance=2.0, default_temperature=0.0)
+    out = mmaccel.generate_image(PROMPTS[1], "sjd", model=greedy_model, seed=3, return_output=True)
+    assert out.tokens[0].tolist() == guided_reference  # the model's temperature 0: greedy
+    sampled = mmaccel.generate_image(
+        PROMPTS[1], "ar", model=greedy_model, seed=3, temperature=1.0, return_output=True
+    )
+    same_law = mmaccel.generate_image(PROMPTS[1], "ar", model=pipeline, seed=3, return_output=True)
+    assert sampled.tokens[0].tolist() != guided_reference
+    assert torch.equal(sampled.tokens, same_law.tokens)  # explicit 1.0 = the default pipeline's 1.0
+
+
+@pytest.mark.parametrize("temperature", [-0.5, "hot"])
+def test_bad_temperature(pipeline, temperature):
+    with pytest.raises(ValueError, match="temperature"):
+        mmaccel.generate_image(PROMPTS[0], model=pipeline, temperature=temperature)

@@ -73,6 +73,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, prompts: int | None) -> N
     parser.add_argument("--batch", type=int, default=DEFAULT_BATCH,
                         help="prompts per generate call; results depend on it (chunk seeds), not on processes")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="generation seed (chunk seeds derive from it)")
-    parser.add_argument("--guidance-scale", type=float, default=None)
+    parser.add_argument("--guidance-scale", type=float, default=None, help="default: the model's")
+    parser.add_argument("--temperature", type=float, default=None, help="default: the model's")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
     parser.add_argument("--no-warmup", dest="warmup", action="store_false", help="skip the warm-up calls")

@@ -41,6 +41,7 @@ from mmaccel.eval.runner import (
     make_runs,
     plan_chunks,
     process_state,
+    resolve_model,
     run_chunks,
     shard,
 )
@@ -68,6 +69,7 @@ def compare(
     seed: int = 0,
     model: Any = "shapes-t2i",
     guidance_scale: float | None = None,
+    temperature: float | None = None,
     metrics: Sequence[str] = ALL_METRICS,
     fd_ref: FDReference | None = None,
     noise_floor: bool = False,
@@ -82,8 +84,9 @@ def compare(
     state = process_state(cpu)
     runs = make_runs(methods, noise_floor)
     chunks = shard(plan_chunks(len(prompts), batch), state.process_index, state.num_processes)
-    results = run_chunks(runs, prompts, chunks, model=model, seed=seed, guidance_scale=guidance_scale,
-                         warmup=warmup, device=state.device, progress=progress and state.is_local_main_process,
+    image_model = resolve_model(model, state.device)
+    results = run_chunks(runs, prompts, chunks, model=image_model, seed=seed, guidance_scale=guidance_scale,
+                         temperature=temperature, warmup=warmup, device=state.device, progress=progress and state.is_local_main_process,
                          desc=f"compare (process {state.process_index + 1}/{state.num_processes})")  # fmt: skip
     results = gather_results(results, state)
     if not state.is_main_process:
@@ -93,7 +96,9 @@ def compare(
     device = state.device
     meta = {
         "model": model if isinstance(model, str) else getattr(model, "name", type(model).__name__),
-        "prompts": len(prompts), "batch": batch, "seed": seed, "guidance": guidance_scale,
+        "prompts": len(prompts), "batch": batch, "seed": seed,
+        "guidance": image_model.default_guidance if guidance_scale is None else guidance_scale,
+        "temperature": image_model.default_temperature if temperature is None else temperature,
         "processes": state.num_processes, "threads_per_process": torch.get_num_threads(),
         "machine": torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.machine()} CPU",
         "torch": torch.__version__,
@@ -249,7 +254,8 @@ def _run(argv: list[str] | None, command: str, metrics: Sequence[str]) -> int:
             print(markdown_table(["folder", *scores], [[str(args.images), *scores.values()]]))
             return 0
         comp = compare(parse_methods(args.methods), default_prompts(args.prompts, args.prompt_seed), batch=args.batch,
-                       seed=args.seed, model=args.model, guidance_scale=args.guidance_scale, metrics=metrics,
+                       seed=args.seed, model=args.model, guidance_scale=args.guidance_scale,
+                       temperature=args.temperature, metrics=metrics,
                        fd_ref=fd_ref, noise_floor=args.noise_floor, warmup=args.warmup, cpu=args.cpu)  # fmt: skip
     except (ValueError, FileNotFoundError) as err:
         print(f"mmaccel eval {command}: error: {err}", file=sys.stderr)

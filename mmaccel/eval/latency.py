@@ -57,6 +57,7 @@ def measure_latency(
     repeats: int = 3,
     seed: int = 0,
     guidance_scale: float | None = None,
+    temperature: float | None = None,
     device: str = "cpu",
     progress: bool = True,
     batch: int | None = None,
@@ -67,7 +68,8 @@ def measure_latency(
     runs = make_runs(methods)
     chunks = plan_chunks(len(prompts), batch or len(prompts))
     results = run_chunks(runs, prompts, chunks, model=model, seed=seed, guidance_scale=guidance_scale,
-                         repeats=repeats, warmup=warmup, device=device, progress=progress, desc="latency")  # fmt: skip
+                         temperature=temperature, repeats=repeats, warmup=warmup, device=device, progress=progress,
+                         desc="latency")  # fmt: skip
     ar_rows = [r for r in results if r.label == "ar"]
     rows = []
     for run in runs:
@@ -94,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.ERROR)
     rows = measure_latency(parse_methods(args.methods), default_prompts(args.prompts, args.prompt_seed), args.model,
-                           args.repeats, args.seed, args.guidance_scale, batch=args.batch,
+                           args.repeats, args.seed, args.guidance_scale, args.temperature, batch=args.batch,
                            warmup=args.warmup)  # fmt: skip
     print(f"model {args.model}, {args.prompts} prompts (prompt seed {args.prompt_seed}) in batches of {args.batch}, "
           f"seed {args.seed}, {args.repeats} repeats, {platform.machine()} CPU, "

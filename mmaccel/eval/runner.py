@@ -151,6 +151,7 @@ def run_chunks(
     model: Any = "shapes-t2i",
     seed: int = 0,
     guidance_scale: float | None = None,
+    temperature: float | None = None,
     repeats: int = 1,
     warmup: bool = True,
     device: torch.device | str = "cpu",
@@ -171,7 +172,7 @@ def run_chunks(
     def call(run: Run, chunk: Chunk):
         return generate_image(list(prompts[chunk.start : chunk.stop]), run.spec.name, model=image_model,
                               seed=chunk_seed(seed + run.seed_offset, chunk.start), guidance_scale=guidance_scale,
-                              return_output=True, **run.spec.options)  # fmt: skip
+                              temperature=temperature, return_output=True, **run.spec.options)  # fmt: skip
 
     if warmup and chunks:
         for run in tqdm(runs, desc="warm-up", disable=not progress, leave=False):
