@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup image test test-slow lint clean bench
+.PHONY: setup image test test-slow lint clean bench bench-lantern
 
 PROMPT ?= a large red circle at the top left on a blue background
 METHOD ?= sjd
@@ -32,6 +32,10 @@ BENCH_METHODS ?= ar,sjd,sjd-coupled:init=random,sjd-coupled:init=horizontal,sjd-
 
 bench: setup
 	$(VENV)/bin/mmaccel eval compare --methods "$(BENCH_METHODS)" --prompts 200 --batch 20 --real 1000 --noise-floor --out docs/benchmarks/default_model
+
+# larger LANTERN deltas at the default temperature (same prompts and seeds as `bench`, ar and sjd re-run)
+bench-lantern: setup
+	$(VENV)/bin/mmaccel eval compare --methods "ar,sjd,lantern:lantern_rule=paper,lantern_delta=0.3,lantern:lantern_rule=paper,lantern_delta=0.5,lantern:lantern_rule=paper,lantern_delta=0.8" --prompts 200 --batch 20 --real 1000 --out docs/benchmarks/default_model_lantern_delta
 
 lint: setup
 	$(VENV)/bin/ruff check .
