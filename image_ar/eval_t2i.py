@@ -65,7 +65,7 @@ def sample_tokens(
             break
         tok_R1 = out_BN[:, i : i + 1].repeat(rows // B, 1)
         pos_R1 = torch.full((rows, 1), L + i, device=tok_R1.device)
-        logits_RV = gpt(tok_R1, pos_R1, cache, cache.slots(1), cache.attn_mask(1))[:, -1]
+        logits_RV = gpt(tok_R1, pos_R1, cache, cache.slots(1), cache.attn_mask(1), cond_BLC)[:, -1]
         cache.commit(torch.ones(rows, dtype=torch.int32, device=tok_R1.device))
     return out_BN
 

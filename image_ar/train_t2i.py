@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 CKPT_NAME = "ckpt.pt"
 # parameters a later stage may add: zero-initialised (the stage starts from the old function),
 # except that the gate starts at TrainConfig.gate_init
-NEW_IN_LATER_STAGES = ("gpt.image_pos_embedding.", "gpt.condition_rope_gate")
+NEW_IN_LATER_STAGES = ("gpt.image_pos_embedding.", "gpt.condition_rope_gate", "gpt.cell_map.")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -42,10 +42,11 @@ GPT_FIELDS = set(GPTConfig.__dataclass_fields__)
 
 def gpt_config(name: str) -> GPTConfig:
     """An official config from the fixture; ``+pos`` adds the project's image-position embedding,
-    ``+gate`` its condition RoPE gate."""
+    ``+gate`` its condition RoPE gate, ``+cell`` its 3 x 3 condition cell map."""
     base, *variants = name.split("+")
     fields = {k: v for k, v in FIXTURE["configs"][base].items() if k in GPT_FIELDS}
-    return GPTConfig(**fields, image_pos_embedding="pos" in variants, condition_rope_gate="gate" in variants)
+    return GPTConfig(**fields, image_pos_embedding="pos" in variants, condition_rope_gate="gate" in variants,
+                     condition_cell_map=3 if "cell" in variants else 0)  # fmt: skip
 
 
 def vq_config() -> VQConfig:
@@ -164,10 +165,41 @@ def test_condition_rope_gate_starts_as_the_official_model_and_learns():
         assert not torch.allclose(gated.full_logits(cond, image_BN), official.full_logits(cond, image_BN))
 
 
+def test_condition_cell_map_starts_as_the_base_model_and_reaches_tokens_by_cell():
+    """A zero-output map gives the base model's logits; its last layer gets a gradient; a
+    non-zero map changes the logits, and an image token's input gains its own cell's vector."""
+    base, mapped = random_gpt("gpt_t2i+pos"), GPT(gpt_config("gpt_t2i+pos+cell")).eval()
+    missing, unexpected = mapped.load_state_dict(base.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("cell_map.") for k in missing)
+    assert not any(k.startswith("cell_map.") for k in base.state_dict())
+    cond, image_BN = condition(base), torch.randint(0, base.vocab_size, (2, 6))
+    with torch.no_grad():
+        assert torch.equal(mapped.full_logits(cond, image_BN), base.full_logits(cond, image_BN))
+    mapped.full_logits(cond, image_BN).logsumexp(-1).sum().backward()
+    assert mapped.cell_map[-1].weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        mapped.cell_map[-1].bias.normal_()
+        assert not torch.allclose(mapped.full_logits(cond, image_BN), base.full_logits(cond, image_BN))
+        side, L, C = mapped.grid_width, mapped.cls_token_num, mapped.cfg.dim
+        pos_BT = torch.tensor([[L, L + side - 1, L + side * side - 1]])  # top-left, top-right, bottom-right
+        emb_BTC = mapped.condition_embeddings(cond)[:1]
+        tokens_BT = torch.zeros(1, 3, dtype=torch.long)
+        delta_BTC = mapped._image_embed(tokens_BT, pos_BT, emb_BTC) - mapped._image_embed(tokens_BT, pos_BT)
+        cells_KC = mapped.cell_map(emb_BTC.mean(1)).view(9, C)
+        torch.testing.assert_close(delta_BTC[0], cells_KC[[0, 2, 8]])
+
+
+def test_condition_cell_map_size_is_checked():
+    with pytest.raises(ValueError, match="condition_cell_map must be an integer in"):
+        GPTConfig(dim=32, n_layer=1, n_head=2, block_size=256, condition_cell_map=17)
+
+
 # --- cached decoding through the protocol ---------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["gpt_c2i", "gpt_t2i", "gpt_t2i+pos", "gpt_t2i+pos+gate"])
+@pytest.mark.parametrize(
+    "name", ["gpt_c2i", "gpt_t2i", "gpt_t2i+pos", "gpt_t2i+pos+gate", "gpt_t2i+pos+cell"]
+)
 def test_cached_decoding_equals_full_logits(name):
     model = random_gpt(name)
     B, N, L = 2, 10, model.cls_token_num
@@ -198,7 +230,13 @@ def test_cached_decoding_equals_full_logits(name):
         cache.commit(torch.full((B,), T))
         for i in range(3, N):
             slots_BT = cache.slots(1)
-            step_BTV = model.forward(image_BN[:, i : i + 1], slots_BT, cache, slots_BT, mask(1, slots_BT))
+            step = (image_BN[:, i : i + 1], slots_BT, cache, slots_BT, mask(1, slots_BT))
+            if model.cfg.condition_cell_map:  # its image steps need the condition too
+                with pytest.raises(ValueError, match="needs cond_embs_BLC in every forward"):
+                    model.forward(*step)
+                step_BTV = model.forward(*step, cond_embs_BLC)
+            else:
+                step_BTV = model.forward(*step)
             torch.testing.assert_close(step_BTV[:, 0], full_BTV[:, i + 1], atol=1e-4, rtol=1e-4)
             cache.commit(torch.ones(B))
 

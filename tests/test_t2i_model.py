@@ -107,12 +107,15 @@ def test_teacher_forced_forward_matches_the_gpt_reference_and_cfg_dropout():
 @pytest.mark.parametrize("gated", [False, True])
 def test_save_load_roundtrip_gives_identical_logits(tmp_path, gated):
     model = tiny_model()
-    if gated:  # a GPT-level parameter (not in a submodule) must reach the file too
+    if gated:  # a GPT-level parameter (not in a submodule) and the cell map must reach the file too
         torch.manual_seed(0)
-        model = ShapesT2IModel(t2i_config(dim=32, n_layer=2, n_head=2, condition_rope_gate=True)).eval()
+        model = ShapesT2IModel(
+            t2i_config(dim=32, n_layer=2, n_head=2, condition_rope_gate=True, condition_cell_map=3)
+        ).eval()
         with torch.no_grad():
             model.gpt.output.weight.normal_(0.0, 0.5)
             model.gpt.condition_rope_gate.fill_(0.75)
+            model.gpt.cell_map[-1].bias.normal_()
     with torch.no_grad():  # the file is fp16: make the weights exactly representable first
         for t in model.state_dict().values():
             t.copy_(t.half().float())
@@ -124,7 +127,7 @@ def test_save_load_roundtrip_gives_identical_logits(tmp_path, gated):
             "cls_embedding.uncond_embedding", "output.weight", "caption_encoder.word_embedding.weight"} <= set(sd)  # fmt: skip
     loaded = ShapesT2IModel.load(path)
     assert loaded.cfg == model.cfg
-    assert ("condition_rope_gate" in sd) == gated
+    assert ("condition_rope_gate" in sd) == gated and ("cell_map.2.weight" in sd) == gated
     ids_BL, _ = model.tokenize([PROMPT])
     tokens_BN = torch.randint(0, 1024, (1, 256))
     with torch.no_grad():

@@ -44,6 +44,13 @@ class GPTConfig:
             (cos = g, sin = 0) instead of the official all-zero row. At g = 0 the model is the
             official one; g != 0 gives condition queries and keys back, so image tokens can
             attend to one caption slot rather than to the mean of all of them.
+        condition_cell_map: NOT in official LlamaGen (keep 0 to load its checkpoints): n > 0
+            splits the image into n x n cells and adds to each image token's input a vector
+            for its cell, made by an MLP from the mean of the condition embeddings ("what
+            belongs in this cell"). Its last layer starts at zero, so a model gains it without
+            changing its function. Through the official path every image token sees the caption
+            only as one average, and a tiny model did not learn to bind two objects' attributes
+            to their places from it.
     """
 
     dim: int = 4096
@@ -65,10 +72,16 @@ class GPTConfig:
     block_size: int = 256
     image_pos_embedding: bool = False
     condition_rope_gate: bool = False
+    condition_cell_map: int = 0
 
     def __post_init__(self) -> None:
         if self.model_type not in ("c2i", "t2i"):
             raise ValueError(f"model_type must be 'c2i' or 't2i', got {self.model_type!r}")
+        side = int(round(self.block_size**0.5))
+        if not isinstance(self.condition_cell_map, int) or not 0 <= self.condition_cell_map <= side:
+            raise ValueError(
+                f"condition_cell_map must be an integer in [0, {side}] (cells per side), got {self.condition_cell_map!r}"
+            )
         if self.dim % self.n_head:
             raise ValueError(f"dim {self.dim} is not divisible by n_head {self.n_head}")
         if self.n_head % self.kv_heads:

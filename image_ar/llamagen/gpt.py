@@ -21,7 +21,9 @@ Without ``cond_embs_BLC`` condition positions would embed their ids: do not do t
 Official quirk kept on purpose: the official RoPE table has all-zero (cos = sin = 0) rows
 for condition positions, so q and k of condition tokens are zero; conditions reach image
 tokens through values only, with attention logit 0. See ``rope.py``. (The project's
-``condition_rope_gate`` option replaces those rows by a learned (g, 0); off by default.)
+``condition_rope_gate`` option replaces those rows by a learned (g, 0), and its
+``condition_cell_map`` adds a caption-made vector per image cell to image inputs; both off by
+default.)
 
 Caption padding (t2i): the official sampler masks padded caption slots out of every query
 except their own slot; ``condition_padding_mask`` applies that to a mask built by the cache.
@@ -171,6 +173,11 @@ class GPT(nn.Module):
             self.image_pos_embedding = nn.Embedding(cfg.block_size, cfg.dim)
         if cfg.condition_rope_gate:  # project variant (see GPTConfig); starts at zero
             self.condition_rope_gate = nn.Parameter(torch.zeros(()))
+        if cfg.condition_cell_map:  # project variant (see GPTConfig); output starts at zero
+            n = cfg.condition_cell_map
+            self.cell_map = nn.Sequential(
+                nn.Linear(cfg.dim, 2 * cfg.dim), nn.GELU(), nn.Linear(2 * cfg.dim, n * n * cfg.dim)
+            )
         self.layers = nn.ModuleList(TransformerBlock(cfg, i) for i in range(cfg.n_layer))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
@@ -188,6 +195,9 @@ class GPT(nn.Module):
             self.image_pos_embedding.weight.zero_()
         if self.cfg.condition_rope_gate:  # likewise: at zero it is the official all-zero row
             self.condition_rope_gate.zero_()
+        if self.cfg.condition_cell_map:  # likewise: a zero map adds nothing
+            self.cell_map[-1].weight.zero_()
+            self.cell_map[-1].bias.zero_()
 
     # --- conditions -------------------------------------------------------------------------
 
@@ -263,7 +273,8 @@ class GPT(nn.Module):
         """Logits ``[B, T, V]`` (float32); writes this block's K/V at ``slots_BT`` of ``cache``.
 
         ``mask_BTS`` is True where query t may attend slot s. Positions ``< L`` take their
-        input from ``cond_embs_BLC`` (see the module docstring).
+        input from ``cond_embs_BLC`` (see the module docstring); with ``condition_cell_map``
+        image positions need it too, so pass it in every call.
         """
         x_BTC = self._embed(tokens_BT, pos_BT, cond_embs_BLC)
         return self._run(x_BTC, pos_BT, cache, slots_BT, mask_BTS[:, None])
@@ -300,7 +311,8 @@ class GPT(nn.Module):
         cond_embs_BLC = self.condition_embeddings(cond)
         B, N, L = image_tokens_BN.shape[0], image_tokens_BN.shape[1], self.cls_token_num
         pos_BT = torch.arange(L + N, device=image_tokens_BN.device).expand(B, -1)
-        x_BTC = torch.cat([cond_embs_BLC, self._image_embed(image_tokens_BN, pos_BT[:, L:])], dim=1)
+        image_BNC = self._image_embed(image_tokens_BN, pos_BT[:, L:], cond_embs_BLC)
+        x_BTC = torch.cat([cond_embs_BLC, image_BNC], dim=1)
         mask_BTS = (
             torch.ones(L + N, L + N, dtype=torch.bool, device=x_BTC.device).tril()[None].expand(B, -1, -1)
         )
@@ -313,7 +325,11 @@ class GPT(nn.Module):
     def _embed(
         self, tokens_BT: torch.Tensor, pos_BT: torch.Tensor, cond_embs_BLC: torch.Tensor | None
     ) -> torch.Tensor:
-        x_BTC = self._image_embed(tokens_BT.clamp(0, self.vocab_size - 1), pos_BT)
+        if cond_embs_BLC is None and self.cfg.condition_cell_map:
+            raise ValueError(
+                "a model with condition_cell_map needs cond_embs_BLC in every forward (image steps too)"
+            )
+        x_BTC = self._image_embed(tokens_BT.clamp(0, self.vocab_size - 1), pos_BT, cond_embs_BLC)
         if cond_embs_BLC is None:
             return x_BTC
         L = self.cls_token_num
@@ -321,11 +337,20 @@ class GPT(nn.Module):
         cond_BTC = cond_embs_BLC.to(x_BTC.dtype).gather(1, idx_BTC)
         return torch.where((pos_BT < L)[..., None], cond_BTC, x_BTC)
 
-    def _image_embed(self, tokens_BT: torch.Tensor, pos_BT: torch.Tensor) -> torch.Tensor:
+    def _image_embed(
+        self, tokens_BT: torch.Tensor, pos_BT: torch.Tensor, cond_embs_BLC: torch.Tensor | None = None
+    ) -> torch.Tensor:
         x_BTC = self.tok_embeddings(tokens_BT)
+        idx_BT = (pos_BT - self.cls_token_num).clamp(0, self.cfg.block_size - 1)
         if self.cfg.image_pos_embedding:
-            idx_BT = (pos_BT - self.cls_token_num).clamp(0, self.cfg.block_size - 1)
             x_BTC = x_BTC + self.image_pos_embedding(idx_BT).to(x_BTC.dtype)
+        if self.cfg.condition_cell_map and cond_embs_BLC is not None:
+            # one vector per (row, cell) from the mean condition; gathered by each token's cell
+            B, C = cond_embs_BLC.shape[0], self.cfg.dim
+            map_BKC = self.cell_map(cond_embs_BLC.mean(1).to(x_BTC.dtype)).view(B, -1, C)
+            n, side = self.cfg.condition_cell_map, self.grid_width
+            cell_BT = (idx_BT // side * n // side) * n + idx_BT % side * n // side
+            x_BTC = x_BTC + map_BKC.gather(1, cell_BT[..., None].expand(-1, -1, C))
         return x_BTC
 
     def _run(self, x_BTC, pos_BT, cache, slots_BT, mask_B1TS) -> torch.Tensor:
