@@ -57,6 +57,7 @@ def sample_tokens(
     gen = torch.Generator(device=cond_BLC.device).manual_seed(seed)
     scfg = SamplingConfig(temperature=temperature, top_k=top_k)
     logits_RV = gpt.prefill_condition(cond_BLC, cache)
+    cells_RKC = gpt.cell_vectors(cond_BLC)
     out_BN = torch.empty(B, N, dtype=torch.long, device=cond_BLC.device)
     for i in range(N):
         logits_BV = apply_cfg(logits_RV, cfg_scale) if guided else logits_RV
@@ -65,7 +66,7 @@ def sample_tokens(
             break
         tok_R1 = out_BN[:, i : i + 1].repeat(rows // B, 1)
         pos_R1 = torch.full((rows, 1), L + i, device=tok_R1.device)
-        logits_RV = gpt(tok_R1, pos_R1, cache, cache.slots(1), cache.attn_mask(1), cond_BLC)[:, -1]
+        logits_RV = gpt(tok_R1, pos_R1, cache, cache.slots(1), cache.attn_mask(1), cond_BLC, cells_RKC)[:, -1]
         cache.commit(torch.ones(rows, dtype=torch.int32, device=tok_R1.device))
     return out_BN
 

@@ -28,8 +28,8 @@ def export(
     out_dir: Path,
     config: Path,
     target: Path,
-    default_guidance: float,
     command: str,
+    default_guidance: float = 1.0,
     default_temperature: float = 1.0,
 ) -> Path:
     """Save the checkpoint's model as fp16 weights at ``target``; return the weights path."""
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.default_temperature < 0 or args.default_guidance < 0:
         parser.error("--default-guidance and --default-temperature must be >= 0")
     path = export(
-        args.out_dir, args.config, args.target, args.default_guidance, command, args.default_temperature
+        args.out_dir, args.config, args.target, command, args.default_guidance, args.default_temperature
     )
     meta = json.loads(path.with_suffix(".json").read_text())
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) at step {meta['result']['step']}")

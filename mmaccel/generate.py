@@ -73,7 +73,7 @@ def _check_ids(name: str, ids: Any, mask: Any) -> None:
 def _check_sampling(max_new_tokens, temperature, top_k, top_p, cfg_scale) -> None:
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
-    if temperature < 0:
+    if not isinstance(temperature, int | float) or temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature!r}")
     if not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")

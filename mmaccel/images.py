@@ -136,8 +136,6 @@ def generate_image(
     """
     prompts = _check_prompts(prompt)
     resolve_method(method, method_options)  # bad methods and options fail before any work
-    if temperature is not None and (not isinstance(temperature, int | float) or temperature < 0):
-        raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
     _check_sampling(1, 1.0 if temperature is None else temperature, top_k, top_p, None)
     if guidance_scale is not None and (not isinstance(guidance_scale, int | float) or guidance_scale < 0):
         raise ValueError(f"guidance_scale must be a number >= 0, got {guidance_scale!r}")

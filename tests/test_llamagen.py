@@ -184,8 +184,10 @@ def test_condition_cell_map_starts_as_the_base_model_and_reaches_tokens_by_cell(
         pos_BT = torch.tensor([[L, L + side - 1, L + side * side - 1]])  # top-left, top-right, bottom-right
         emb_BTC = mapped.condition_embeddings(cond)[:1]
         tokens_BT = torch.zeros(1, 3, dtype=torch.long)
-        delta_BTC = mapped._image_embed(tokens_BT, pos_BT, emb_BTC) - mapped._image_embed(tokens_BT, pos_BT)
         cells_KC = mapped.cell_map(emb_BTC.mean(1)).view(9, C)
+        delta_BTC = mapped._image_embed(tokens_BT, pos_BT, cells_KC[None]) - mapped._image_embed(
+            tokens_BT, pos_BT
+        )
         torch.testing.assert_close(delta_BTC[0], cells_KC[[0, 2, 8]])
 
 
@@ -235,6 +237,8 @@ def test_cached_decoding_equals_full_logits(name):
                 with pytest.raises(ValueError, match="needs cond_embs_BLC in every forward"):
                     model.forward(*step)
                 step_BTV = model.forward(*step, cond_embs_BLC)
+                cells_BKC = model.cell_vectors(cond_embs_BLC)  # made once, as ConditionedGPT does
+                torch.testing.assert_close(model.forward(*step, None, cells_BKC), step_BTV, atol=0, rtol=0)
             else:
                 step_BTV = model.forward(*step)
             torch.testing.assert_close(step_BTV[:, 0], full_BTV[:, i + 1], atol=1e-4, rtol=1e-4)

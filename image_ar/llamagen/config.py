@@ -77,10 +77,10 @@ class GPTConfig:
     def __post_init__(self) -> None:
         if self.model_type not in ("c2i", "t2i"):
             raise ValueError(f"model_type must be 'c2i' or 't2i', got {self.model_type!r}")
-        side = int(round(self.block_size**0.5))
-        if not isinstance(self.condition_cell_map, int) or not 0 <= self.condition_cell_map <= side:
+        if not isinstance(self.condition_cell_map, int) or not 0 <= self.condition_cell_map <= self.grid_size:
             raise ValueError(
-                f"condition_cell_map must be an integer in [0, {side}] (cells per side), got {self.condition_cell_map!r}"
+                f"condition_cell_map must be an integer in [0, {self.grid_size}] (cells per side), "
+                f"got {self.condition_cell_map!r}"
             )
         if self.dim % self.n_head:
             raise ValueError(f"dim {self.dim} is not divisible by n_head {self.n_head}")

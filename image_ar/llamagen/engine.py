@@ -6,8 +6,8 @@ from the bound ``cond_embs_BLC`` (conditional rows first, unconditional rows aft
 guidance doubles the batch), image tokens from the token embedding. Positions equal slots,
 which is LlamaGen's layout: condition slots 0..L-1, image token i at L + i.
 
-Must never: hold anything but the bound conditions (and the tokenizer's codebook); change them
-during a call.
+Must never: hold anything but the bound conditions (with what the GPT derives from them once:
+``condition_cell_map`` vectors) and the tokenizer's codebook; change them during a call.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ class ConditionedGPT:
     def __init__(self, gpt: GPT, cond_embs_BLC: torch.Tensor, codebook: torch.Tensor | None = None) -> None:
         # codebook: the VQ's code vectors [vocab, dim] as it quantizes (latent-relaxed methods read it)
         self.gpt, self.cond_embs_BLC, self.codebook = gpt, cond_embs_BLC, codebook
+        self.cells_BKC = gpt.cell_vectors(cond_embs_BLC)  # condition_cell_map: made once per binding
         self.vocab_size, self.max_seq_len, self.grid_width = gpt.vocab_size, gpt.max_seq_len, gpt.grid_width
         self.cls_token_num = gpt.cfg.cls_token_num
 
@@ -38,7 +39,7 @@ class ConditionedGPT:
 
     def forward(self, tokens_BT, pos_BT, cache, slots_BT, mask_BTS) -> torch.Tensor:
         return self.gpt.forward(
-            tokens_BT, pos_BT, cache, slots_BT, mask_BTS, cond_embs_BLC=self.cond_embs_BLC
+            tokens_BT, pos_BT, cache, slots_BT, mask_BTS, self.cond_embs_BLC, self.cells_BKC
         )
 
     def placeholder_ids(self, batch: int) -> torch.Tensor:

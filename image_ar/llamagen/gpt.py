@@ -269,15 +269,23 @@ class GPT(nn.Module):
         slots_BT: torch.Tensor,
         mask_BTS: torch.Tensor,
         cond_embs_BLC: torch.Tensor | None = None,
+        cells_BKC: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits ``[B, T, V]`` (float32); writes this block's K/V at ``slots_BT`` of ``cache``.
 
         ``mask_BTS`` is True where query t may attend slot s. Positions ``< L`` take their
-        input from ``cond_embs_BLC`` (see the module docstring); with ``condition_cell_map``
-        image positions need it too, so pass it in every call.
+        input from ``cond_embs_BLC`` (see the module docstring). With ``condition_cell_map``
+        image positions need the condition too: pass ``cells_BKC = cell_vectors(cond_embs_BLC)``
+        (made once per bound condition), or ``cond_embs_BLC`` and it is made in this call.
         """
-        x_BTC = self._embed(tokens_BT, pos_BT, cond_embs_BLC)
+        x_BTC = self._embed(tokens_BT, pos_BT, cond_embs_BLC, cells_BKC)
         return self._run(x_BTC, pos_BT, cache, slots_BT, mask_BTS[:, None])
+
+    def cell_vectors(self, cond_embs_BLC: torch.Tensor) -> torch.Tensor | None:
+        """The ``condition_cell_map`` vectors ``[B, n*n, C]`` of a condition (None without the map)."""
+        if not self.cfg.condition_cell_map:
+            return None
+        return self.cell_map(cond_embs_BLC.mean(1)).view(cond_embs_BLC.shape[0], -1, self.cfg.dim)
 
     def prefill_condition(
         self, cond_embs_BLC: torch.Tensor, cache: StaticKVCache, cond_valid_BL: torch.Tensor | None = None
@@ -311,7 +319,7 @@ class GPT(nn.Module):
         cond_embs_BLC = self.condition_embeddings(cond)
         B, N, L = image_tokens_BN.shape[0], image_tokens_BN.shape[1], self.cls_token_num
         pos_BT = torch.arange(L + N, device=image_tokens_BN.device).expand(B, -1)
-        image_BNC = self._image_embed(image_tokens_BN, pos_BT[:, L:], cond_embs_BLC)
+        image_BNC = self._image_embed(image_tokens_BN, pos_BT[:, L:], self.cell_vectors(cond_embs_BLC))
         x_BTC = torch.cat([cond_embs_BLC, image_BNC], dim=1)
         mask_BTS = (
             torch.ones(L + N, L + N, dtype=torch.bool, device=x_BTC.device).tril()[None].expand(B, -1, -1)
@@ -323,13 +331,19 @@ class GPT(nn.Module):
     # --- internals --------------------------------------------------------------------------
 
     def _embed(
-        self, tokens_BT: torch.Tensor, pos_BT: torch.Tensor, cond_embs_BLC: torch.Tensor | None
+        self,
+        tokens_BT: torch.Tensor,
+        pos_BT: torch.Tensor,
+        cond_embs_BLC: torch.Tensor | None,
+        cells_BKC: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        if cond_embs_BLC is None and self.cfg.condition_cell_map:
-            raise ValueError(
-                "a model with condition_cell_map needs cond_embs_BLC in every forward (image steps too)"
-            )
-        x_BTC = self._image_embed(tokens_BT.clamp(0, self.vocab_size - 1), pos_BT, cond_embs_BLC)
+        if self.cfg.condition_cell_map and cells_BKC is None:
+            if cond_embs_BLC is None:
+                raise ValueError(
+                    "a model with condition_cell_map needs cond_embs_BLC in every forward (image steps too)"
+                )
+            cells_BKC = self.cell_vectors(cond_embs_BLC)
+        x_BTC = self._image_embed(tokens_BT.clamp(0, self.vocab_size - 1), pos_BT, cells_BKC)
         if cond_embs_BLC is None:
             return x_BTC
         L = self.cls_token_num
@@ -338,19 +352,18 @@ class GPT(nn.Module):
         return torch.where((pos_BT < L)[..., None], cond_BTC, x_BTC)
 
     def _image_embed(
-        self, tokens_BT: torch.Tensor, pos_BT: torch.Tensor, cond_embs_BLC: torch.Tensor | None = None
+        self, tokens_BT: torch.Tensor, pos_BT: torch.Tensor, cells_BKC: torch.Tensor | None = None
     ) -> torch.Tensor:
         x_BTC = self.tok_embeddings(tokens_BT)
         idx_BT = (pos_BT - self.cls_token_num).clamp(0, self.cfg.block_size - 1)
         if self.cfg.image_pos_embedding:
             x_BTC = x_BTC + self.image_pos_embedding(idx_BT).to(x_BTC.dtype)
-        if self.cfg.condition_cell_map and cond_embs_BLC is not None:
-            # one vector per (row, cell) from the mean condition; gathered by each token's cell
-            B, C = cond_embs_BLC.shape[0], self.cfg.dim
-            map_BKC = self.cell_map(cond_embs_BLC.mean(1).to(x_BTC.dtype)).view(B, -1, C)
+        if cells_BKC is not None:  # condition_cell_map: each token gains its cell's vector
             n, side = self.cfg.condition_cell_map, self.grid_width
             cell_BT = (idx_BT // side * n // side) * n + idx_BT % side * n // side
-            x_BTC = x_BTC + map_BKC.gather(1, cell_BT[..., None].expand(-1, -1, C))
+            x_BTC = x_BTC + cells_BKC.to(x_BTC.dtype).gather(
+                1, cell_BT[..., None].expand(-1, -1, x_BTC.shape[-1])
+            )
         return x_BTC
 
     def _run(self, x_BTC, pos_BT, cache, slots_BT, mask_B1TS) -> torch.Tensor:
