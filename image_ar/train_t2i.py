@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from image_ar.caption_encoder import pretrain, tokenize
+from image_ar.cell_map import pretrain_cell_map
 from image_ar.t2i_model import ShapesT2IConfig, ShapesT2IModel, t2i_config
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,11 @@ class TrainConfig:
     exactly but is a saddle: the condition q/k the gate multiplies then get no gradient, and
     the gate's own gradient has no consistent sign, so it stays at 0 (measured). A small value
     (0.25 raised stage 7's held-out loss by only 0.045; 1.0 by 3.3) lets them learn.
-    ``gate_lr_scale`` multiplies the gate's learning rate (its own AdamW group, no decay).
+    ``gate_lr_scale`` multiplies the gate's learning rate (its own AdamW group, no decay);
+    ``cell_map_lr_scale`` the ``condition_cell_map`` MLP's (its own groups, usual decay).
+    ``cell_map_pretrain_steps`` > 0 first trains the map's hidden layers to read the caption's
+    layout (``image_ar.cell_map``) and then keeps them frozen (only the map's zero-initialised
+    last layer learns with the GPT); like caption pretraining it runs once, at the start.
     """
 
     data: str | tuple[str, ...] = "outputs/shapes_tokens_train.pt"
@@ -91,6 +96,9 @@ class TrainConfig:
     seed: int = 0
     gate_init: float = 0.0
     gate_lr_scale: float = 1.0
+    cell_map_lr_scale: float = 1.0
+    cell_map_pretrain_steps: int = 0
+    cell_map_pretrain_batch: int = 256
 
 
 def load_config(path: str | os.PathLike) -> tuple[ShapesT2IConfig, TrainConfig]:
@@ -131,14 +139,22 @@ def cfg_drop(step: int, batch: int, p: float, seed: int) -> torch.Tensor:
 
 def make_optimizer(model: ShapesT2IModel, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW; weight decay on matrices and embeddings only (official LlamaGen rule: dim >= 2);
-    scalar gates in a group of their own with ``gate_lr_scale`` times the learning rate."""
+    scalar gates in a group of their own with ``gate_lr_scale`` times the learning rate, the
+    cell map in groups with ``cell_map_lr_scale`` times it."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     gates = [p for n, p in named if n.endswith("condition_rope_gate")]
-    params = [p for n, p in named if not n.endswith("condition_rope_gate")]
+    cells = [p for n, p in named if ".cell_map." in f".{n}"]
+    params = [p for n, p in named if not n.endswith("condition_rope_gate") and ".cell_map." not in f".{n}"]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
+    if cells:
+        groups += [
+            {"params": [p for p in cells if p.dim() >= 2], "weight_decay": cfg.weight_decay,
+             "lr_scale": cfg.cell_map_lr_scale},
+            {"params": [p for p in cells if p.dim() < 2], "weight_decay": 0.0, "lr_scale": cfg.cell_map_lr_scale},
+        ]  # fmt: skip
     if gates:  # own group: no decay, lr scaled (see TrainConfig.gate_lr_scale)
         groups.append({"params": gates, "weight_decay": 0.0, "lr_scale": cfg.gate_lr_scale})
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=False)
@@ -251,6 +267,9 @@ def train(
     torch.manual_seed(cfg.seed)
     model = ShapesT2IModel(model_cfg).train()
     model.caption_encoder.requires_grad_(not cfg.freeze_caption_encoder)
+    cell_pretrain = bool(model_cfg.gpt.condition_cell_map) and cfg.cell_map_pretrain_steps > 0
+    if cell_pretrain:  # pretrained hidden layers stay fixed (see TrainConfig)
+        model.gpt.cell_map[:-1].requires_grad_(False)
     opt = make_optimizer(model, cfg)
     step, data_pos, elapsed = 0, 0, 0.0
     summary: dict[str, Any] = {"train_loss": None, "heldout_loss": None}
@@ -272,6 +291,14 @@ def train(
                                                cfg.caption_pretrain_batch, seed=cfg.seed)  # fmt: skip
         summary["caption_pretrain"]["seconds"] = time.perf_counter() - t0
         log.info("caption encoder pretrained: %s", summary["caption_pretrain"])
+    if not ckpt_path.exists() and cell_pretrain:
+        t0 = time.perf_counter()
+        summary["cell_map_pretrain"] = pretrain_cell_map(
+            model, word_ids_NL, captions, cfg.cell_map_pretrain_steps, cfg.cell_map_pretrain_batch,
+            seed=cfg.seed, heldout=(ho_word_ids, ho_captions),
+        )  # fmt: skip
+        summary["cell_map_pretrain"]["seconds"] = time.perf_counter() - t0
+        log.info("cell map pretrained: %s", summary["cell_map_pretrain"])
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         if ckpt["configs"] != configs:

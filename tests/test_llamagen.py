@@ -180,11 +180,11 @@ def test_condition_cell_map_starts_as_the_base_model_and_reaches_tokens_by_cell(
     with torch.no_grad():
         mapped.cell_map[-1].bias.normal_()
         assert not torch.allclose(mapped.full_logits(cond, image_BN), base.full_logits(cond, image_BN))
-        side, L, C = mapped.grid_width, mapped.cls_token_num, mapped.cfg.dim
+        side, L = mapped.grid_width, mapped.cls_token_num
         pos_BT = torch.tensor([[L, L + side - 1, L + side * side - 1]])  # top-left, top-right, bottom-right
         emb_BTC = mapped.condition_embeddings(cond)[:1]
         tokens_BT = torch.zeros(1, 3, dtype=torch.long)
-        cells_KC = mapped.cell_map(emb_BTC.mean(1)).view(9, C)
+        cells_KC = mapped.cell_vectors(emb_BTC)[0]
         delta_BTC = mapped._image_embed(tokens_BT, pos_BT, cells_KC[None]) - mapped._image_embed(
             tokens_BT, pos_BT
         )

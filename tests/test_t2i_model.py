@@ -13,7 +13,7 @@ from image_ar.caption_encoder import PAD_ID, VOCAB, CaptionEncoder, CaptionEncod
 from image_ar.eval_t2i import sample_tokens
 from image_ar.shapes import caption, sample_scene
 from image_ar.t2i_model import ShapesT2IConfig, ShapesT2IModel, t2i_config
-from image_ar.train_t2i import TrainConfig, batch_indices, load_config, load_tokens, train
+from image_ar.train_t2i import TrainConfig, batch_indices, load_config, load_tokens, make_optimizer, train
 
 PROMPT = "a large red circle at the top left on a blue background"
 
@@ -228,3 +228,18 @@ def test_a_gated_stage_continues_an_ungated_run_and_moves_its_gate(tmp_path, one
         gated_cfg, dataclasses.replace(cfg, gate_init=0.25), tmp_path / "new2", progress=False, stop_at=0
     )
     assert started[0].gpt.condition_rope_gate.item() == 0.25
+
+
+def test_cell_map_parameters_get_their_own_learning_rate_scale():
+    """``cell_map_lr_scale`` puts exactly the cell-map MLP in groups of their own (matrices
+    decayed, biases not); the rest of the model keeps lr scale 1."""
+    model = ShapesT2IModel(
+        t2i_config(dim=32, n_layer=1, n_head=2, image_pos_embedding=True, condition_cell_map=3)
+    )
+    opt = make_optimizer(model, TrainConfig(cell_map_lr_scale=5.0, weight_decay=0.05))
+    cell_ids = {id(p) for p in model.gpt.cell_map.parameters()}
+    scaled = [g for g in opt.param_groups if g.get("lr_scale", 1.0) == 5.0]
+    assert {id(p) for g in scaled for p in g["params"]} == cell_ids
+    assert sorted(g["weight_decay"] for g in scaled) == [0.0, 0.05]
+    others = [p for g in opt.param_groups if g.get("lr_scale", 1.0) == 1.0 for p in g["params"]]
+    assert len(others) + len(cell_ids) == len(list(model.parameters()))

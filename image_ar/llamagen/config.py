@@ -46,11 +46,12 @@ class GPTConfig:
             attend to one caption slot rather than to the mean of all of them.
         condition_cell_map: NOT in official LlamaGen (keep 0 to load its checkpoints): n > 0
             splits the image into n x n cells and adds to each image token's input a vector
-            for its cell, made by an MLP from the mean of the condition embeddings ("what
-            belongs in this cell"). Its last layer starts at zero, so a model gains it without
-            changing its function. Through the official path every image token sees the caption
-            only as one average, and a tiny model did not learn to bind two objects' attributes
-            to their places from it.
+            for its cell ("what belongs here"), made by an MLP that reads all L condition
+            slots (each layer-normalised, concatenated). Its last layer starts at zero, so a
+            model gains it without changing its function. Through the official path every
+            image token sees the caption only as one average of the slots, and a tiny model
+            did not learn to bind two objects' attributes to their places from it; the map's
+            hidden layers can be pretrained to read the layout (``image_ar.cell_map``).
     """
 
     dim: int = 4096

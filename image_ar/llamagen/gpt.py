@@ -175,9 +175,12 @@ class GPT(nn.Module):
             self.condition_rope_gate = nn.Parameter(torch.zeros(()))
         if cfg.condition_cell_map:  # project variant (see GPTConfig); output starts at zero
             n = cfg.condition_cell_map
+            hidden = 2 * cfg.dim
             self.cell_map = nn.Sequential(
-                nn.Linear(cfg.dim, 2 * cfg.dim), nn.GELU(), nn.Linear(2 * cfg.dim, n * n * cfg.dim)
-            )
+                nn.Linear(cfg.cls_token_num * cfg.dim, hidden), nn.GELU(),
+                nn.Linear(hidden, hidden), nn.GELU(),
+                nn.Linear(hidden, n * n * cfg.dim),
+            )  # fmt: skip
         self.layers = nn.ModuleList(TransformerBlock(cfg, i) for i in range(cfg.n_layer))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
@@ -196,6 +199,10 @@ class GPT(nn.Module):
         if self.cfg.condition_rope_gate:  # likewise: at zero it is the official all-zero row
             self.condition_rope_gate.zero_()
         if self.cfg.condition_cell_map:  # likewise: a zero map adds nothing
+            # unit-scale hidden layers (N(0, 0.02) made them ~0.01 and the map stayed near zero
+            # through training, measured); the last layer is zero
+            for layer in self.cell_map[:-1:2]:
+                layer.weight.normal_(0.0, layer.in_features**-0.5)
             self.cell_map[-1].weight.zero_()
             self.cell_map[-1].bias.zero_()
 
@@ -285,7 +292,13 @@ class GPT(nn.Module):
         """The ``condition_cell_map`` vectors ``[B, n*n, C]`` of a condition (None without the map)."""
         if not self.cfg.condition_cell_map:
             return None
-        return self.cell_map(cond_embs_BLC.mean(1)).view(cond_embs_BLC.shape[0], -1, self.cfg.dim)
+        return self.cell_map(self.cell_map_input(cond_embs_BLC)).view(
+            cond_embs_BLC.shape[0], -1, self.cfg.dim
+        )
+
+    def cell_map_input(self, cond_embs_BLC: torch.Tensor) -> torch.Tensor:
+        """What ``cell_map`` reads: every condition slot layer-normalised, concatenated ``[B, L*C]``."""
+        return F.layer_norm(cond_embs_BLC, (cond_embs_BLC.shape[-1],)).flatten(1)
 
     def prefill_condition(
         self, cond_embs_BLC: torch.Tensor, cache: StaticKVCache, cond_valid_BL: torch.Tensor | None = None

@@ -1,0 +1,76 @@
+"""The condition cell map's layout pretraining (image_ar.cell_map) and its use in train_t2i."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from image_ar.caption_encoder import tokenize
+from image_ar.cell_map import layout_labels, pretrain_cell_map
+from image_ar.shapes import COLOURS, SHAPES, caption, sample_scene
+from image_ar.t2i_model import ShapesT2IModel, t2i_config
+from image_ar.train_t2i import TrainConfig, train
+
+
+def small_model(cells: int = 3) -> ShapesT2IModel:
+    torch.manual_seed(0)
+    return ShapesT2IModel(
+        t2i_config(dim=32, n_layer=1, n_head=2, image_pos_embedding=True, condition_cell_map=cells)
+    )
+
+
+def test_layout_labels_put_each_object_in_its_cell():
+    labels = layout_labels(["a small yellow square at the left and a large white triangle at the bottom right "
+                            "on a green background"])  # fmt: skip
+    expected = torch.zeros(9, 3, dtype=torch.long)
+    expected[3] = torch.tensor([list(COLOURS).index("yellow") + 1, SHAPES.index("square") + 1, 1])
+    expected[8] = torch.tensor([list(COLOURS).index("white") + 1, SHAPES.index("triangle") + 1, 2])
+    assert torch.equal(labels[0], expected)
+
+
+def test_pretraining_fits_the_layout_and_touches_only_the_hidden_layers(one_thread):
+    model = small_model()
+    captions = [caption(sample_scene(i)) for i in range(64)]
+    ids, _ = tokenize(captions, model.cfg.caption.seq_len)
+    model.gpt.cell_map[:-1].requires_grad_(False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    first = pretrain_cell_map(model, ids, captions, steps=1, seed=0)
+    model.load_state_dict(before)
+    result = pretrain_cell_map(
+        model, ids, captions, steps=150, batch_size=64, lr=3e-3, seed=0, heldout=(ids, captions)
+    )
+    assert result["cell_map_pretrain_loss"] < 0.5 * first["cell_map_pretrain_loss"]
+    assert result["heldout_layout_accuracy"] > 0.5  # on its own training captions
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {f"gpt.cell_map.{i}.{w}" for i in (0, 2) for w in ("weight", "bias")}
+    assert not any(p.requires_grad for p in model.gpt.cell_map[:-1].parameters())  # flags restored
+
+
+def test_pretraining_needs_a_three_by_three_map_and_matching_inputs():
+    captions = ["a large red circle at the top left on a blue background"]
+    ids, _ = tokenize(captions, 24)
+    with pytest.raises(ValueError, match="condition_cell_map=2"):
+        pretrain_cell_map(small_model(cells=2), ids, captions, steps=1)
+    with pytest.raises(ValueError, match="one tokenized row per caption"):
+        pretrain_cell_map(small_model(), ids, captions * 2, steps=1)
+
+
+def test_a_pretrained_map_keeps_its_hidden_layers_while_the_gpt_trains(tmp_path, one_thread):
+    g = torch.Generator().manual_seed(0)
+    captions = [caption(sample_scene(i)) for i in range(16)]
+    torch.save({"tokens": torch.randint(0, 1024, (16, 256), generator=g).to(torch.int16), "captions": captions},
+               tmp_path / "tokens.pt")  # fmt: skip
+    model_cfg = t2i_config(dim=32, n_layer=1, n_head=2, image_pos_embedding=True, condition_cell_map=3)
+    cfg = TrainConfig(data=str(tmp_path / "tokens.pt"), vq=None, steps=3, batch_size=4, warmup_steps=1,
+                      heldout_size=4, eval_every=100, log_every=1, lr=1e-3, cell_map_pretrain_steps=20,
+                      cell_map_pretrain_batch=8)  # fmt: skip
+    started, summary = train(model_cfg, cfg, tmp_path / "run", progress=False, stop_at=0)
+    assert "heldout_layout_accuracy" in summary["cell_map_pretrain"]
+    assert started.gpt.cell_map[-1].weight.abs().sum() == 0  # the map still adds nothing
+    trained, _ = train(model_cfg, cfg, tmp_path / "run", progress=False)  # resumes: no second pretraining
+    for i in (0, 2):
+        torch.testing.assert_close(
+            trained.gpt.cell_map[i].weight, started.gpt.cell_map[i].weight, atol=0, rtol=0
+        )
+    assert trained.gpt.cell_map[-1].weight.abs().sum() > 0
