@@ -42,7 +42,12 @@ log = logging.getLogger(__name__)
 CKPT_NAME = "ckpt.pt"
 # parameters a later stage may add: zero-initialised (the stage starts from the old function),
 # except that the gate starts at TrainConfig.gate_init
-NEW_IN_LATER_STAGES = ("gpt.image_pos_embedding.", "gpt.condition_rope_gate", "gpt.cell_map.")
+NEW_IN_LATER_STAGES = (
+    "gpt.image_pos_embedding.",
+    "gpt.condition_rope_gate",
+    "gpt.cell_map.",
+    "gpt.cell_embed.",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,9 +72,9 @@ class TrainConfig:
     (0.25 raised stage 7's held-out loss by only 0.045; 1.0 by 3.3) lets them learn.
     ``gate_lr_scale`` multiplies the gate's learning rate (its own AdamW group, no decay);
     ``cell_map_lr_scale`` the ``condition_cell_map`` MLP's (its own groups, usual decay).
-    ``cell_map_pretrain_steps`` > 0 first trains the map's hidden layers to read the caption's
-    layout (``image_ar.cell_map``) and then keeps them frozen (only the map's zero-initialised
-    last layer learns with the GPT); like caption pretraining it runs once, at the start.
+    ``cell_map_pretrain_steps`` > 0 first trains the map's MLP to read the caption's layout
+    (``image_ar.cell_map``) and then keeps it frozen (only the zero-initialised code -> vector
+    map ``cell_embed`` learns with the GPT); like caption pretraining it runs once, at the start.
     """
 
     data: str | tuple[str, ...] = "outputs/shapes_tokens_train.pt"
@@ -143,8 +148,11 @@ def make_optimizer(model: ShapesT2IModel, cfg: TrainConfig) -> torch.optim.AdamW
     cell map in groups with ``cell_map_lr_scale`` times it."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     gates = [p for n, p in named if n.endswith("condition_rope_gate")]
-    cells = [p for n, p in named if ".cell_map." in f".{n}"]
-    params = [p for n, p in named if not n.endswith("condition_rope_gate") and ".cell_map." not in f".{n}"]
+    is_cell = [any(f".{part}." in f".{n}" for part in ("cell_map", "cell_embed")) for n, _ in named]
+    cells = [p for (n, p), c in zip(named, is_cell, strict=True) if c]
+    params = [
+        p for (n, p), c in zip(named, is_cell, strict=True) if not c and not n.endswith("condition_rope_gate")
+    ]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
@@ -268,8 +276,8 @@ def train(
     model = ShapesT2IModel(model_cfg).train()
     model.caption_encoder.requires_grad_(not cfg.freeze_caption_encoder)
     cell_pretrain = bool(model_cfg.gpt.condition_cell_map) and cfg.cell_map_pretrain_steps > 0
-    if cell_pretrain:  # pretrained hidden layers stay fixed (see TrainConfig)
-        model.gpt.cell_map[:-1].requires_grad_(False)
+    if cell_pretrain:  # the pretrained MLP stays fixed (see TrainConfig)
+        model.gpt.cell_map.requires_grad_(False)
     opt = make_optimizer(model, cfg)
     step, data_pos, elapsed = 0, 0, 0.0
     summary: dict[str, Any] = {"train_loss": None, "heldout_loss": None}

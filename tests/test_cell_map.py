@@ -28,11 +28,11 @@ def test_layout_labels_put_each_object_in_its_cell():
     assert torch.equal(labels[0], expected)
 
 
-def test_pretraining_fits_the_layout_and_touches_only_the_hidden_layers(one_thread):
+def test_pretraining_fits_the_layout_and_touches_only_the_map_mlp(one_thread):
     model = small_model()
     captions = [caption(sample_scene(i)) for i in range(64)]
     ids, _ = tokenize(captions, model.cfg.caption.seq_len)
-    model.gpt.cell_map[:-1].requires_grad_(False)
+    model.gpt.cell_map.requires_grad_(False)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     first = pretrain_cell_map(model, ids, captions, steps=1, seed=0)
     model.load_state_dict(before)
@@ -43,20 +43,20 @@ def test_pretraining_fits_the_layout_and_touches_only_the_hidden_layers(one_thre
     assert result["heldout_layout_accuracy"] > 0.5  # on its own training captions
     after = model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
-    assert changed == {f"gpt.cell_map.{i}.{w}" for i in (0, 2) for w in ("weight", "bias")}
-    assert not any(p.requires_grad for p in model.gpt.cell_map[:-1].parameters())  # flags restored
+    assert changed == {f"gpt.cell_map.{i}.{w}" for i in (0, 2, 4) for w in ("weight", "bias")}
+    assert not any(p.requires_grad for p in model.gpt.cell_map.parameters())  # flags restored
 
 
 def test_pretraining_needs_a_three_by_three_map_and_matching_inputs():
     captions = ["a large red circle at the top left on a blue background"]
     ids, _ = tokenize(captions, 24)
-    with pytest.raises(ValueError, match="condition_cell_map=2"):
+    with pytest.raises(ValueError, match="condition_cell_map=2, condition_cell_code=16"):
         pretrain_cell_map(small_model(cells=2), ids, captions, steps=1)
     with pytest.raises(ValueError, match="one tokenized row per caption"):
         pretrain_cell_map(small_model(), ids, captions * 2, steps=1)
 
 
-def test_a_pretrained_map_keeps_its_hidden_layers_while_the_gpt_trains(tmp_path, one_thread):
+def test_a_pretrained_map_stays_fixed_while_its_code_embedding_trains(tmp_path, one_thread):
     g = torch.Generator().manual_seed(0)
     captions = [caption(sample_scene(i)) for i in range(16)]
     torch.save({"tokens": torch.randint(0, 1024, (16, 256), generator=g).to(torch.int16), "captions": captions},
@@ -67,7 +67,7 @@ def test_a_pretrained_map_keeps_its_hidden_layers_while_the_gpt_trains(tmp_path,
                       cell_map_pretrain_batch=8)  # fmt: skip
     started, summary = train(model_cfg, cfg, tmp_path / "run", progress=False, stop_at=0)
     assert "heldout_layout_accuracy" in summary["cell_map_pretrain"]
-    assert started.gpt.cell_map[-1].weight.abs().sum() == 0  # the map still adds nothing
+    assert started.gpt.cell_embed.weight.abs().sum() == 0  # the map still adds nothing
     trained, _ = train(model_cfg, cfg, tmp_path / "run", progress=False)  # resumes: no second pretraining
     for i in (0, 2):
         torch.testing.assert_close(

@@ -166,22 +166,24 @@ def test_condition_rope_gate_starts_as_the_official_model_and_learns():
 
 
 def test_condition_cell_map_starts_as_the_base_model_and_reaches_tokens_by_cell():
-    """A zero-output map gives the base model's logits; its last layer gets a gradient; a
-    non-zero map changes the logits, and an image token's input gains its own cell's vector."""
+    """A zero-output map gives the base model's logits; its code -> vector map gets a gradient;
+    a non-zero map changes the logits, and an image token's input gains the vector of the cell
+    of the token it predicts (the next raster position)."""
     base, mapped = random_gpt("gpt_t2i+pos"), GPT(gpt_config("gpt_t2i+pos+cell")).eval()
     missing, unexpected = mapped.load_state_dict(base.state_dict(), strict=False)
-    assert not unexpected and all(k.startswith("cell_map.") for k in missing)
-    assert not any(k.startswith("cell_map.") for k in base.state_dict())
+    assert not unexpected and all(k.startswith(("cell_map.", "cell_embed.")) for k in missing)
+    assert not any(k.startswith(("cell_map.", "cell_embed.")) for k in base.state_dict())
     cond, image_BN = condition(base), torch.randint(0, base.vocab_size, (2, 6))
     with torch.no_grad():
         assert torch.equal(mapped.full_logits(cond, image_BN), base.full_logits(cond, image_BN))
     mapped.full_logits(cond, image_BN).logsumexp(-1).sum().backward()
-    assert mapped.cell_map[-1].weight.grad.abs().sum() > 0
+    assert mapped.cell_embed.weight.grad.abs().sum() > 0
     with torch.no_grad():
-        mapped.cell_map[-1].bias.normal_()
+        mapped.cell_embed.weight.normal_()
         assert not torch.allclose(mapped.full_logits(cond, image_BN), base.full_logits(cond, image_BN))
         side, L = mapped.grid_width, mapped.cls_token_num
-        pos_BT = torch.tensor([[L, L + side - 1, L + side * side - 1]])  # top-left, top-right, bottom-right
+        # predicting the top-left, top-right (from its left neighbour) and bottom-right tokens
+        pos_BT = torch.tensor([[L, L + side - 2, L + side * side - 1]])
         emb_BTC = mapped.condition_embeddings(cond)[:1]
         tokens_BT = torch.zeros(1, 3, dtype=torch.long)
         cells_KC = mapped.cell_vectors(emb_BTC)[0]

@@ -237,7 +237,7 @@ def test_cell_map_parameters_get_their_own_learning_rate_scale():
         t2i_config(dim=32, n_layer=1, n_head=2, image_pos_embedding=True, condition_cell_map=3)
     )
     opt = make_optimizer(model, TrainConfig(cell_map_lr_scale=5.0, weight_decay=0.05))
-    cell_ids = {id(p) for p in model.gpt.cell_map.parameters()}
+    cell_ids = {id(p) for m in (model.gpt.cell_map, model.gpt.cell_embed) for p in m.parameters()}
     scaled = [g for g in opt.param_groups if g.get("lr_scale", 1.0) == 5.0]
     assert {id(p) for g in scaled for p in g["params"]} == cell_ids
     assert sorted(g["weight_decay"] for g in scaled) == [0.0, 0.05]

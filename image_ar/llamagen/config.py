@@ -46,12 +46,16 @@ class GPTConfig:
             attend to one caption slot rather than to the mean of all of them.
         condition_cell_map: NOT in official LlamaGen (keep 0 to load its checkpoints): n > 0
             splits the image into n x n cells and adds to each image token's input a vector
-            for its cell ("what belongs here"), made by an MLP that reads all L condition
-            slots (each layer-normalised, concatenated). Its last layer starts at zero, so a
-            model gains it without changing its function. Through the official path every
+            for the cell of the token it predicts ("what belongs where I draw next"). An MLP
+            reads all L condition slots (each layer-normalised, concatenated) and gives each
+            cell a code of ``condition_cell_code`` numbers in (0, 1) (sigmoid); one linear map,
+            shared by all cells and zero at init, turns a code into the vector, so a model
+            gains the map without changing its function. Through the official path every
             image token sees the caption only as one average of the slots, and a tiny model
-            did not learn to bind two objects' attributes to their places from it; the map's
-            hidden layers can be pretrained to read the layout (``image_ar.cell_map``).
+            did not learn to bind two objects' attributes to their places from it; the MLP
+            can be pretrained to read the layout into the code (``image_ar.cell_map``).
+        condition_cell_code: the size of a cell's code (16 for Shapes-T2I: colour, shape and
+            size of the object in the cell, each with an "empty" value).
     """
 
     dim: int = 4096
@@ -74,6 +78,7 @@ class GPTConfig:
     image_pos_embedding: bool = False
     condition_rope_gate: bool = False
     condition_cell_map: int = 0
+    condition_cell_code: int = 16
 
     def __post_init__(self) -> None:
         if self.model_type not in ("c2i", "t2i"):

@@ -179,8 +179,9 @@ class GPT(nn.Module):
             self.cell_map = nn.Sequential(
                 nn.Linear(cfg.cls_token_num * cfg.dim, hidden), nn.GELU(),
                 nn.Linear(hidden, hidden), nn.GELU(),
-                nn.Linear(hidden, n * n * cfg.dim),
+                nn.Linear(hidden, n * n * cfg.condition_cell_code),
             )  # fmt: skip
+            self.cell_embed = nn.Linear(cfg.condition_cell_code, cfg.dim, bias=False)
         self.layers = nn.ModuleList(TransformerBlock(cfg, i) for i in range(cfg.n_layer))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
@@ -199,12 +200,11 @@ class GPT(nn.Module):
         if self.cfg.condition_rope_gate:  # likewise: at zero it is the official all-zero row
             self.condition_rope_gate.zero_()
         if self.cfg.condition_cell_map:  # likewise: a zero map adds nothing
-            # unit-scale hidden layers (N(0, 0.02) made them ~0.01 and the map stayed near zero
-            # through training, measured); the last layer is zero
-            for layer in self.cell_map[:-1:2]:
+            # unit-scale layers (with N(0, 0.02) the map's output stayed ~0.01, measured); the
+            # code -> vector map is zero
+            for layer in self.cell_map[::2]:
                 layer.weight.normal_(0.0, layer.in_features**-0.5)
-            self.cell_map[-1].weight.zero_()
-            self.cell_map[-1].bias.zero_()
+            self.cell_embed.weight.zero_()
 
     # --- conditions -------------------------------------------------------------------------
 
@@ -292,9 +292,12 @@ class GPT(nn.Module):
         """The ``condition_cell_map`` vectors ``[B, n*n, C]`` of a condition (None without the map)."""
         if not self.cfg.condition_cell_map:
             return None
-        return self.cell_map(self.cell_map_input(cond_embs_BLC)).view(
-            cond_embs_BLC.shape[0], -1, self.cfg.dim
-        )
+        return self.cell_embed(self.cell_codes(cond_embs_BLC).sigmoid())
+
+    def cell_codes(self, cond_embs_BLC: torch.Tensor) -> torch.Tensor:
+        """Each cell's code logits ``[B, n*n, condition_cell_code]`` (the map's MLP output)."""
+        codes_BX = self.cell_map(self.cell_map_input(cond_embs_BLC))
+        return codes_BX.view(cond_embs_BLC.shape[0], -1, self.cfg.condition_cell_code)
 
     def cell_map_input(self, cond_embs_BLC: torch.Tensor) -> torch.Tensor:
         """What ``cell_map`` reads: every condition slot layer-normalised, concatenated ``[B, L*C]``."""
@@ -371,9 +374,10 @@ class GPT(nn.Module):
         idx_BT = (pos_BT - self.cls_token_num).clamp(0, self.cfg.block_size - 1)
         if self.cfg.image_pos_embedding:
             x_BTC = x_BTC + self.image_pos_embedding(idx_BT).to(x_BTC.dtype)
-        if cells_BKC is not None:  # condition_cell_map: each token gains its cell's vector
+        if cells_BKC is not None:  # condition_cell_map: the vector of the predicted token's cell
             n, side = self.cfg.condition_cell_map, self.grid_width
-            cell_BT = (idx_BT // side * n // side) * n + idx_BT % side * n // side
+            next_BT = (idx_BT + 1).clamp(max=side * side - 1)
+            cell_BT = (next_BT // side * n // side) * n + next_BT % side * n // side
             x_BTC = x_BTC + cells_BKC.to(x_BTC.dtype).gather(
                 1, cell_BT[..., None].expand(-1, -1, x_BTC.shape[-1])
             )
