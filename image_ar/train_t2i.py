@@ -75,6 +75,8 @@ class TrainConfig:
     ``cell_map_pretrain_steps`` > 0 first trains the map's MLP to read the caption's layout
     (``image_ar.cell_map``) and then keeps it frozen (only the zero-initialised code -> vector
     map ``cell_embed`` learns with the GPT); like caption pretraining it runs once, at the start.
+    ``cell_embed_init`` > 0 starts ``cell_embed`` from N(0, that std) instead of zero when this
+    run adds the map (trained from zero it stayed near zero, see ``image_ar.cell_map``).
     """
 
     data: str | tuple[str, ...] = "outputs/shapes_tokens_train.pt"
@@ -104,6 +106,7 @@ class TrainConfig:
     cell_map_lr_scale: float = 1.0
     cell_map_pretrain_steps: int = 0
     cell_map_pretrain_batch: int = 256
+    cell_embed_init: float = 0.0
 
 
 def load_config(path: str | os.PathLike) -> tuple[ShapesT2IConfig, TrainConfig]:
@@ -283,12 +286,14 @@ def train(
     summary: dict[str, Any] = {"train_loss": None, "heldout_loss": None}
     ckpt_path = out_dir / CKPT_NAME
     gate_is_new = model_cfg.gpt.condition_rope_gate
+    cells_are_new = bool(model_cfg.gpt.condition_cell_map)
     if not ckpt_path.exists() and cfg.init_from is not None:
         missing, unexpected = model.load_state_dict(initial_weights(cfg.init_from), strict=False)
         # only parameters the earlier stage did not have may be missing; they keep their (zero) init
         if unexpected or any(not k.startswith(NEW_IN_LATER_STAGES) for k in missing):
             raise ValueError(f"init_from {cfg.init_from}: missing {missing}, unexpected {unexpected}")
         gate_is_new = "gpt.condition_rope_gate" in missing
+        cells_are_new = "gpt.cell_embed.weight" in missing
         log.info("started from the weights of %s", cfg.init_from)
     if not ckpt_path.exists() and gate_is_new:
         with torch.no_grad():
@@ -299,6 +304,11 @@ def train(
                                                cfg.caption_pretrain_batch, seed=cfg.seed)  # fmt: skip
         summary["caption_pretrain"]["seconds"] = time.perf_counter() - t0
         log.info("caption encoder pretrained: %s", summary["caption_pretrain"])
+    if not ckpt_path.exists() and cells_are_new and cfg.cell_embed_init > 0:
+        with torch.no_grad():
+            g = torch.Generator().manual_seed(cfg.seed)
+            model.gpt.cell_embed.weight.copy_(torch.randn(model.gpt.cell_embed.weight.shape, generator=g))
+            model.gpt.cell_embed.weight.mul_(cfg.cell_embed_init)
     if not ckpt_path.exists() and cell_pretrain:
         t0 = time.perf_counter()
         summary["cell_map_pretrain"] = pretrain_cell_map(

@@ -74,3 +74,15 @@ def test_a_pretrained_map_stays_fixed_while_its_code_embedding_trains(tmp_path, 
             trained.gpt.cell_map[i].weight, started.gpt.cell_map[i].weight, atol=0, rtol=0
         )
     assert trained.gpt.cell_map[-1].weight.abs().sum() > 0
+
+
+def test_cell_embed_may_start_from_a_random_init(tmp_path, one_thread):
+    g = torch.Generator().manual_seed(0)
+    captions = [caption(sample_scene(i)) for i in range(8)]
+    torch.save({"tokens": torch.randint(0, 1024, (8, 256), generator=g).to(torch.int16), "captions": captions},
+               tmp_path / "tokens.pt")  # fmt: skip
+    model_cfg = t2i_config(dim=32, n_layer=1, n_head=2, image_pos_embedding=True, condition_cell_map=3)
+    cfg = TrainConfig(data=str(tmp_path / "tokens.pt"), vq=None, steps=1, batch_size=4, heldout_size=4,
+                      cell_embed_init=0.5)  # fmt: skip
+    started, _ = train(model_cfg, cfg, tmp_path / "run", progress=False, stop_at=0)
+    assert started.gpt.cell_embed.weight.std().item() == pytest.approx(0.5, rel=0.2)
