@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 
 CKPT_NAME = "ckpt.pt"
 # parameters a later stage may add: zero-initialised (the stage starts from the old function),
-# except that the gate starts at TrainConfig.gate_init
+# except that the gate starts at TrainConfig.gate_init, the cell map's MLP at its own init (it
+# adds nothing while cell_embed is zero) and cell_embed at TrainConfig.cell_embed_init
 NEW_IN_LATER_STAGES = (
     "gpt.image_pos_embedding.",
     "gpt.condition_rope_gate",
