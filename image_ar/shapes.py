@@ -165,6 +165,16 @@ def object_mask(obj: ShapeObject) -> np.ndarray:
     return (depth_HW >= 0) & (depth_HW <= 2 * half) & (np.abs(px_HW - cx) <= depth_HW / 2)
 
 
+def object_token_mask(scene: Scene, grid: int = 16) -> np.ndarray:
+    """Boolean ``[grid * grid]`` (raster order): which patches of a ``grid x grid`` tokenization
+    hold a pixel of one of the scene's objects."""
+    if IMAGE_SIZE % grid:
+        raise ValueError(f"grid {grid} does not divide the image size {IMAGE_SIZE}")
+    mask_HW = np.logical_or.reduce([object_mask(obj) for obj in scene.objects])
+    patch = IMAGE_SIZE // grid
+    return mask_HW.reshape(grid, patch, grid, patch).any(axis=(1, 3)).reshape(-1)
+
+
 def _as_rng(rng_or_seed: int | np.random.Generator) -> np.random.Generator:
     if isinstance(rng_or_seed, np.random.Generator):
         return rng_or_seed

@@ -152,11 +152,22 @@ class ShapesT2IModel(nn.Module):
         return logits_BTV[:, L - 1 :]
 
     def loss(
-        self, word_ids_BL: torch.Tensor, image_tokens_BN: torch.Tensor, drop_B: torch.Tensor | None = None
+        self,
+        word_ids_BL: torch.Tensor,
+        image_tokens_BN: torch.Tensor,
+        drop_B: torch.Tensor | None = None,
+        weights_BN: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Mean next-token cross-entropy (nats) over all image tokens."""
+        """Mean next-token cross-entropy (nats) over all image tokens; with ``weights_BN`` the
+        weighted mean (sum of w * loss over sum of w)."""
         logits_BNV = self.forward(word_ids_BL, image_tokens_BN, drop_B)
-        return F.cross_entropy(logits_BNV.flatten(0, 1).float(), image_tokens_BN.flatten().long())
+        if weights_BN is None:
+            return F.cross_entropy(logits_BNV.flatten(0, 1).float(), image_tokens_BN.flatten().long())
+        loss_BN = F.cross_entropy(
+            logits_BNV.flatten(0, 1).float(), image_tokens_BN.flatten().long(), reduction="none"
+        )
+        weights_N = weights_BN.flatten().to(loss_BN.dtype)
+        return (loss_BN * weights_N).sum() / weights_N.sum()
 
     def tokenize(self, captions: Sequence[str]) -> tuple[torch.Tensor, list[list[str]]]:
         """Word ids ``[B, L]`` for ``forward`` and the words dropped from each caption."""

@@ -35,6 +35,7 @@ import torch
 
 from image_ar.caption_encoder import pretrain, tokenize
 from image_ar.cell_map import pretrain_cell_map
+from image_ar.shapes import object_token_mask, parse_caption
 from image_ar.t2i_model import ShapesT2IConfig, ShapesT2IModel, t2i_config
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,10 @@ class TrainConfig:
     map ``cell_embed`` learns with the GPT); like caption pretraining it runs once, at the start.
     ``cell_embed_init`` > 0 starts ``cell_embed`` from N(0, that std) instead of zero when this
     run adds the map (trained from zero it stayed near zero, see ``image_ar.cell_map``).
+    ``object_loss_weight`` w weighs the training loss of tokens whose patch holds an object
+    pixel (known from the training caption's scene) w times the background's; the held-out
+    loss stays the plain mean. Measured why: swapping where a caption's two objects are cost
+    the stage-10 model only 0.004 nats per token, the background texture dominating the loss.
     """
 
     data: str | tuple[str, ...] = "outputs/shapes_tokens_train.pt"
@@ -108,6 +113,7 @@ class TrainConfig:
     cell_map_pretrain_steps: int = 0
     cell_map_pretrain_batch: int = 256
     cell_embed_init: float = 0.0
+    object_loss_weight: float = 1.0
 
 
 def load_config(path: str | os.PathLike) -> tuple[ShapesT2IConfig, TrainConfig]:
@@ -246,6 +252,22 @@ def initial_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)["model"]
 
 
+def object_weights(captions: Sequence[str], weight: float, grid: int) -> torch.Tensor | None:
+    """Per training item and token, ``weight`` where the token's patch holds an object pixel and
+    1 elsewhere (``[N, grid * grid]`` float); None when ``weight`` is 1."""
+    if weight == 1.0:
+        return None
+    if not weight > 0:
+        raise ValueError(f"object_loss_weight must be > 0, got {weight!r}")
+    masks: dict[str, torch.Tensor] = {}
+    rows = []
+    for text in captions:
+        if text not in masks:
+            masks[text] = torch.from_numpy(object_token_mask(parse_caption(text), grid))
+        rows.append(masks[text])
+    return 1.0 + (weight - 1.0) * torch.stack(rows).float()
+
+
 def _atomic_save(obj: Any, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(obj, tmp)
@@ -336,6 +358,7 @@ def train(
                  "summary": summary, "configs": configs}  # fmt: skip
         _atomic_save(state, ckpt_path)
 
+    weights_ND = object_weights(captions, cfg.object_loss_weight, model_cfg.gpt.grid_size)
     loss_fn = torch.compile(model.loss) if cfg.compile else model.loss
     metrics = (out_dir / "metrics.jsonl").open("a")
     t_start = t_ckpt = time.perf_counter()
@@ -348,7 +371,8 @@ def train(
             group["lr"] = lr_at(step, cfg) * group.get("lr_scale", 1.0)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
             loss = loss_fn(word_ids_NL[idx_B], tokens_ND[idx_B].long(),
-                           cfg_drop(step, cfg.batch_size, cfg.cfg_dropout, cfg.seed))  # fmt: skip
+                           cfg_drop(step, cfg.batch_size, cfg.cfg_dropout, cfg.seed),
+                           None if weights_ND is None else weights_ND[idx_B])  # fmt: skip
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

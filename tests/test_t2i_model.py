@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import pytest
 import torch
@@ -243,3 +244,42 @@ def test_cell_map_parameters_get_their_own_learning_rate_scale():
     assert sorted(g["weight_decay"] for g in scaled) == [0.0, 0.05]
     others = [p for g in opt.param_groups if g.get("lr_scale", 1.0) == 1.0 for p in g["params"]]
     assert len(others) + len(cell_ids) == len(list(model.parameters()))
+
+
+def test_object_weights_mark_the_patches_of_the_named_objects():
+    from image_ar.shapes import object_token_mask, parse_caption
+    from image_ar.train_t2i import object_weights
+
+    text = "a large red square at the top left on a blue background"
+    mask = object_token_mask(parse_caption(text)).reshape(16, 16)
+    assert mask[:4, :4].all() and not mask[8:, :].any() and not mask[:, 8:].any()
+    weights = object_weights([text, text], 3.0, 16)
+    assert weights.shape == (2, 256) and set(weights.unique().tolist()) == {1.0, 3.0}
+    assert torch.equal(weights[0] == 3.0, torch.from_numpy(mask.reshape(-1)))
+    assert object_weights([text], 1.0, 16) is None
+    with pytest.raises(ValueError, match="object_loss_weight must be > 0"):
+        object_weights([text], 0.0, 16)
+
+
+def test_a_weighted_loss_with_equal_weights_is_the_plain_loss():
+    model = tiny_model()
+    words, _ = model.tokenize([PROMPT, PROMPT])
+    image_BN = torch.randint(0, 1024, (2, 256), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        plain = model.loss(words, image_BN)
+        torch.testing.assert_close(model.loss(words, image_BN, None, torch.full((2, 256), 2.5)), plain)
+        weights = torch.ones(2, 256)
+        weights[:, :128] = 0.0
+        half = model.loss(words, image_BN, None, weights)
+        assert not torch.allclose(half, plain)
+
+
+def test_training_runs_with_an_object_weighted_loss(tmp_path, one_thread):
+    captions = [caption(sample_scene(i)) for i in range(8)]
+    g = torch.Generator().manual_seed(0)
+    torch.save({"tokens": torch.randint(0, 1024, (8, 256), generator=g).to(torch.int16), "captions": captions},
+               tmp_path / "tokens.pt")  # fmt: skip
+    cfg = TrainConfig(data=str(tmp_path / "tokens.pt"), vq=None, steps=2, batch_size=4, heldout_size=4,
+                      eval_every=2, object_loss_weight=4.0)  # fmt: skip
+    _, summary = train(t2i_config(dim=32, n_layer=1, n_head=2), cfg, tmp_path / "run", progress=False)
+    assert math.isfinite(summary["train_loss"]) and math.isfinite(summary["heldout_loss"])
