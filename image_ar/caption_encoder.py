@@ -164,6 +164,13 @@ class SlotMeanReadout(nn.Module):
         return self.fc2(F.gelu(self.fc1(pooled_B1C + self.pos_query)))
 
 
+def pretrain_lr(step: int, steps: int, lr: float) -> float:
+    """Learning rate of pretraining step ``step`` of ``steps``: 5% linear warmup, then cosine to 0
+    (the cosine in float32: the shipped weights were trained with exactly this schedule)."""
+    warm = min(1.0, (step + 1) / max(1, steps // 20))
+    return lr * warm * 0.5 * (1 + torch.cos(torch.tensor(step / steps * torch.pi)).item())
+
+
 def pretrain(
     encoder: CaptionEncoder,
     captions: Sequence[str],
@@ -191,10 +198,8 @@ def pretrain(
     encoder.train()
     loss = acc = torch.zeros(())
     for step in range(steps):
-        warm = min(1.0, (step + 1) / max(1, steps // 20))
         for group in opt.param_groups:
-            # float32 cosine: the shipped weights were trained with exactly this schedule
-            group["lr"] = lr * warm * 0.5 * (1 + torch.cos(torch.tensor(step / steps * torch.pi)).item())
+            group["lr"] = pretrain_lr(step, steps, lr)
         idx_B = torch.randint(0, ids_NL.shape[0], (batch_size,), generator=gen)
         logits_BLV = readout(encoder(ids_NL[idx_B]))
         loss = F.cross_entropy(logits_BLV.flatten(0, 1), ids_NL[idx_B].flatten())

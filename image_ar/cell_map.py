@@ -2,7 +2,8 @@
 
 Owns: the layout code of a Shapes-T2I caption (per cell of the 3 x 3 grid, 16 numbers: the
 colour, shape and size of the object named there one-hot, each with an "empty" value) and
-``pretrain_cell_map``, which fits the map's MLP (sigmoid outputs) to it.
+``pretrain_cell_map``, which fits the map's MLP to it: cross-entropy per attribute group of each
+cell's 16 logits (the GPT then reads their sigmoid; a one-hot group's winning logit is large).
 
 Why. Added to a trained model with a zero last layer and trained only through the GPT's loss,
 a map from the slot mean stayed near zero (stage 10, first try: cell vectors of norm ~0.04
@@ -26,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from image_ar.caption_encoder import pretrain_lr
 from image_ar.shapes import COLOURS, POSITIONS, SHAPES, SIZES, parse_caption
 
 # per cell: colour (0 = empty, then COLOURS), shape (0 = empty, then SHAPES), size (likewise)
@@ -47,11 +49,11 @@ def layout_labels(captions: Sequence[str]) -> torch.Tensor:
 
 
 def _loss_and_accuracy(
-    logits_BX: torch.Tensor, labels_BK3: torch.Tensor
+    logits_BKX: torch.Tensor, labels_BK3: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed cross-entropy of the three attributes, and per caption whether every cell is right."""
-    logits_BKX = logits_BX.view(labels_BK3.shape[0], CELLS, sum(LABEL_SIZES))
-    loss, right_BK = logits_BX.new_zeros(()), torch.ones_like(labels_BK3[..., 0], dtype=torch.bool)
+    """Summed cross-entropy of the three attribute groups of each cell's code logits, and per
+    caption whether every cell's attributes (the largest logit of each group) are right."""
+    loss, right_BK = logits_BKX.new_zeros(()), torch.ones_like(labels_BK3[..., 0], dtype=torch.bool)
     for j, part_BKX in enumerate(logits_BKX.split(LABEL_SIZES, dim=-1)):
         loss = loss + F.cross_entropy(part_BKX.flatten(0, 1).float(), labels_BK3[..., j].flatten())
         right_BK &= part_BKX.argmax(-1) == labels_BK3[..., j]
@@ -73,7 +75,7 @@ def pretrain_cell_map(
     ``model`` is a ``ShapesT2IModel`` whose GPT has ``condition_cell_map`` 3 and
     ``condition_cell_code`` 16; ``word_ids_NL`` are the tokenized ``captions``. The condition
     slots come from the model as it is (no gradient reaches the caption encoder, the GPT or
-    ``cell_embed``). AdamW, 5% warmup then cosine to 0. Returns the final
+    ``cell_embed``). AdamW with ``caption_encoder.pretrain_lr``'s schedule. Returns the final
     training loss and, with ``heldout`` (word ids, captions), the fraction of held-out captions
     whose every cell is read right (``heldout_layout_accuracy``; also ``..._two_objects``).
     """
@@ -88,7 +90,6 @@ def pretrain_cell_map(
         raise ValueError(
             f"need one tokenized row per caption, got {word_ids_NL.shape[0]} rows, {len(captions)} captions"
         )
-    torch.manual_seed(seed)
     mlp = gpt.cell_map
     labels_NK3 = layout_labels(captions)
     requires = [p.requires_grad for p in mlp.parameters()]
@@ -103,9 +104,8 @@ def pretrain_cell_map(
 
     loss = torch.zeros(())
     for step in range(steps):
-        warm = min(1.0, (step + 1) / max(1, steps // 20))
         for group in opt.param_groups:
-            group["lr"] = lr * warm * 0.5 * (1 + torch.cos(torch.tensor(step / steps * torch.pi)).item())
+            group["lr"] = pretrain_lr(step, steps, lr)
         idx_B = torch.randint(0, len(captions), (batch_size,), generator=gen)
         loss, _ = _loss_and_accuracy(codes(word_ids_NL[idx_B]), labels_NK3[idx_B])
         opt.zero_grad(set_to_none=True)

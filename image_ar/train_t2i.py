@@ -44,12 +44,8 @@ CKPT_NAME = "ckpt.pt"
 # parameters a later stage may add: zero-initialised (the stage starts from the old function),
 # except that the gate starts at TrainConfig.gate_init, the cell map's MLP at its own init (it
 # adds nothing while cell_embed is zero) and cell_embed at TrainConfig.cell_embed_init
-NEW_IN_LATER_STAGES = (
-    "gpt.image_pos_embedding.",
-    "gpt.condition_rope_gate",
-    "gpt.cell_map.",
-    "gpt.cell_embed.",
-)
+CELL_MAP_PARAMS = ("gpt.cell_map.", "gpt.cell_embed.")
+NEW_IN_LATER_STAGES = ("gpt.image_pos_embedding.", "gpt.condition_rope_gate", *CELL_MAP_PARAMS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,10 +154,9 @@ def make_optimizer(model: ShapesT2IModel, cfg: TrainConfig) -> torch.optim.AdamW
     cell map in groups with ``cell_map_lr_scale`` times it."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     gates = [p for n, p in named if n.endswith("condition_rope_gate")]
-    is_cell = [any(f".{part}." in f".{n}" for part in ("cell_map", "cell_embed")) for n, _ in named]
-    cells = [p for (n, p), c in zip(named, is_cell, strict=True) if c]
+    cells = [p for n, p in named if n.startswith(CELL_MAP_PARAMS)]
     params = [
-        p for (n, p), c in zip(named, is_cell, strict=True) if not c and not n.endswith("condition_rope_gate")
+        p for n, p in named if not n.startswith(CELL_MAP_PARAMS) and not n.endswith("condition_rope_gate")
     ]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
@@ -252,20 +247,22 @@ def initial_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)["model"]
 
 
-def object_weights(captions: Sequence[str], weight: float, grid: int) -> torch.Tensor | None:
-    """Per training item and token, ``weight`` where the token's patch holds an object pixel and
-    1 elsewhere (``[N, grid * grid]`` float); None when ``weight`` is 1."""
+def object_weights(
+    captions: Sequence[str], weight: float, grid: int
+) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """None when ``weight`` is 1; else a function from item indices ``[B]`` to loss weights
+    ``[B, grid * grid]``: ``weight`` where the token's patch holds an object pixel, 1 elsewhere
+    (the masks are made once, as bools; a batch's weights per step)."""
     if weight == 1.0:
         return None
     if not weight > 0:
         raise ValueError(f"object_loss_weight must be > 0, got {weight!r}")
     masks: dict[str, torch.Tensor] = {}
-    rows = []
     for text in captions:
         if text not in masks:
             masks[text] = torch.from_numpy(object_token_mask(parse_caption(text), grid))
-        rows.append(masks[text])
-    return 1.0 + (weight - 1.0) * torch.stack(rows).float()
+    object_ND = torch.stack([masks[text] for text in captions])
+    return lambda idx_B: 1.0 + (weight - 1.0) * object_ND[idx_B].float()
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
@@ -329,9 +326,9 @@ def train(
         log.info("caption encoder pretrained: %s", summary["caption_pretrain"])
     if not ckpt_path.exists() and cells_are_new and cfg.cell_embed_init > 0:
         with torch.no_grad():
-            g = torch.Generator().manual_seed(cfg.seed)
-            model.gpt.cell_embed.weight.copy_(torch.randn(model.gpt.cell_embed.weight.shape, generator=g))
-            model.gpt.cell_embed.weight.mul_(cfg.cell_embed_init)
+            model.gpt.cell_embed.weight.normal_(
+                0.0, cfg.cell_embed_init, generator=torch.Generator().manual_seed(cfg.seed)
+            )
     if not ckpt_path.exists() and cell_pretrain:
         t0 = time.perf_counter()
         summary["cell_map_pretrain"] = pretrain_cell_map(
@@ -358,7 +355,7 @@ def train(
                  "summary": summary, "configs": configs}  # fmt: skip
         _atomic_save(state, ckpt_path)
 
-    weights_ND = object_weights(captions, cfg.object_loss_weight, model_cfg.gpt.grid_size)
+    weights_of = object_weights(captions, cfg.object_loss_weight, model_cfg.gpt.grid_size)
     loss_fn = torch.compile(model.loss) if cfg.compile else model.loss
     metrics = (out_dir / "metrics.jsonl").open("a")
     t_start = t_ckpt = time.perf_counter()
@@ -372,7 +369,7 @@ def train(
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
             loss = loss_fn(word_ids_NL[idx_B], tokens_ND[idx_B].long(),
                            cfg_drop(step, cfg.batch_size, cfg.cfg_dropout, cfg.seed),
-                           None if weights_ND is None else weights_ND[idx_B])  # fmt: skip
+                           None if weights_of is None else weights_of(idx_B))  # fmt: skip
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from image_ar.shapes import caption, sample_scene
 from mmaccel.tiny_lm import TinyLM, TinyLMConfig
 
 
@@ -66,3 +67,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def token_file(tmp_path, n: int) -> str:
+    """A training token file of ``n`` random images with real captions; returns its path."""
+    g = torch.Generator().manual_seed(0)
+    captions = [caption(sample_scene(i)) for i in range(n)]
+    path = tmp_path / "tokens.pt"
+    torch.save(
+        {"tokens": torch.randint(0, 1024, (n, 256), generator=g).to(torch.int16), "captions": captions}, path
+    )
+    return str(path)

@@ -12,9 +12,19 @@ from safetensors.torch import load_file, save_file
 
 from image_ar.caption_encoder import PAD_ID, VOCAB, CaptionEncoder, CaptionEncoderConfig, pretrain, tokenize
 from image_ar.eval_t2i import sample_tokens
-from image_ar.shapes import caption, sample_scene
+from image_ar.shapes import caption, object_token_mask, parse_caption, sample_scene
 from image_ar.t2i_model import ShapesT2IConfig, ShapesT2IModel, t2i_config
-from image_ar.train_t2i import TrainConfig, batch_indices, load_config, load_tokens, make_optimizer, train
+from image_ar.train_t2i import (
+    TrainConfig,
+    batch_indices,
+    load_config,
+    load_tokens,
+    make_optimizer,
+    object_weights,
+    train,
+)
+
+from .conftest import token_file
 
 PROMPT = "a large red circle at the top left on a blue background"
 
@@ -116,7 +126,7 @@ def test_save_load_roundtrip_gives_identical_logits(tmp_path, gated):
         with torch.no_grad():
             model.gpt.output.weight.normal_(0.0, 0.5)
             model.gpt.condition_rope_gate.fill_(0.75)
-            model.gpt.cell_map[-1].bias.normal_()
+            model.gpt.cell_embed.weight.normal_()  # the map adds nothing while this is zero
     with torch.no_grad():  # the file is fp16: make the weights exactly representable first
         for t in model.state_dict().values():
             t.copy_(t.half().float())
@@ -129,6 +139,7 @@ def test_save_load_roundtrip_gives_identical_logits(tmp_path, gated):
     loaded = ShapesT2IModel.load(path)
     assert loaded.cfg == model.cfg
     assert ("condition_rope_gate" in sd) == gated and ("cell_map.2.weight" in sd) == gated
+    assert ("cell_embed.weight" in sd) == gated
     ids_BL, _ = model.tokenize([PROMPT])
     tokens_BN = torch.randint(0, 1024, (1, 256))
     with torch.no_grad():
@@ -208,10 +219,7 @@ def test_a_gated_stage_continues_an_ungated_run_and_moves_its_gate(tmp_path, one
     (at 0 the first logits are the old model's) and, with ``gate_lr_scale``, moves ~scale x
     further than lr would take it."""
     g = torch.Generator().manual_seed(0)
-    captions = [caption(sample_scene(i)) for i in range(16)]
-    torch.save({"tokens": torch.randint(0, 1024, (16, 256), generator=g).to(torch.int16), "captions": captions},
-               tmp_path / "tokens.pt")  # fmt: skip
-    base = dict(data=str(tmp_path / "tokens.pt"), vq=None, batch_size=4, warmup_steps=1, heldout_size=4,
+    base = dict(data=token_file(tmp_path, 16), vq=None, batch_size=4, warmup_steps=1, heldout_size=4,
                 eval_every=100, log_every=1, lr=1e-3, min_lr_ratio=1.0)  # fmt: skip
     old, _ = train(t2i_config(dim=32, n_layer=1, n_head=2, image_pos_embedding=True), TrainConfig(steps=2, **base),
                    tmp_path / "old", progress=False)  # fmt: skip
@@ -247,13 +255,10 @@ def test_cell_map_parameters_get_their_own_learning_rate_scale():
 
 
 def test_object_weights_mark_the_patches_of_the_named_objects():
-    from image_ar.shapes import object_token_mask, parse_caption
-    from image_ar.train_t2i import object_weights
-
     text = "a large red square at the top left on a blue background"
     mask = object_token_mask(parse_caption(text)).reshape(16, 16)
     assert mask[:4, :4].all() and not mask[8:, :].any() and not mask[:, 8:].any()
-    weights = object_weights([text, text], 3.0, 16)
+    weights = object_weights([text, text], 3.0, 16)(torch.tensor([0, 1]))
     assert weights.shape == (2, 256) and set(weights.unique().tolist()) == {1.0, 3.0}
     assert torch.equal(weights[0] == 3.0, torch.from_numpy(mask.reshape(-1)))
     assert object_weights([text], 1.0, 16) is None
@@ -275,11 +280,7 @@ def test_a_weighted_loss_with_equal_weights_is_the_plain_loss():
 
 
 def test_training_runs_with_an_object_weighted_loss(tmp_path, one_thread):
-    captions = [caption(sample_scene(i)) for i in range(8)]
-    g = torch.Generator().manual_seed(0)
-    torch.save({"tokens": torch.randint(0, 1024, (8, 256), generator=g).to(torch.int16), "captions": captions},
-               tmp_path / "tokens.pt")  # fmt: skip
-    cfg = TrainConfig(data=str(tmp_path / "tokens.pt"), vq=None, steps=2, batch_size=4, heldout_size=4,
+    cfg = TrainConfig(data=token_file(tmp_path, 8), vq=None, steps=2, batch_size=4, heldout_size=4,
                       eval_every=2, object_loss_weight=4.0)  # fmt: skip
     _, summary = train(t2i_config(dim=32, n_layer=1, n_head=2), cfg, tmp_path / "run", progress=False)
     assert math.isfinite(summary["train_loss"]) and math.isfinite(summary["heldout_loss"])

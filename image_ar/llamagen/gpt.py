@@ -296,12 +296,10 @@ class GPT(nn.Module):
 
     def cell_codes(self, cond_embs_BLC: torch.Tensor) -> torch.Tensor:
         """Each cell's code logits ``[B, n*n, condition_cell_code]`` (the map's MLP output)."""
-        codes_BX = self.cell_map(self.cell_map_input(cond_embs_BLC))
-        return codes_BX.view(cond_embs_BLC.shape[0], -1, self.cfg.condition_cell_code)
-
-    def cell_map_input(self, cond_embs_BLC: torch.Tensor) -> torch.Tensor:
-        """What ``cell_map`` reads: every condition slot layer-normalised, concatenated ``[B, L*C]``."""
-        return F.layer_norm(cond_embs_BLC, (cond_embs_BLC.shape[-1],)).flatten(1)
+        slots_BX = F.layer_norm(cond_embs_BLC, (cond_embs_BLC.shape[-1],)).flatten(
+            1
+        )  # every slot, normalised
+        return self.cell_map(slots_BX).view(cond_embs_BLC.shape[0], -1, self.cfg.condition_cell_code)
 
     def prefill_condition(
         self, cond_embs_BLC: torch.Tensor, cache: StaticKVCache, cond_valid_BL: torch.Tensor | None = None
