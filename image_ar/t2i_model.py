@@ -134,21 +134,36 @@ class ShapesT2IModel(nn.Module):
     # --- training -----------------------------------------------------------------------------
 
     def forward(
-        self, word_ids_BL: torch.Tensor, image_tokens_BN: torch.Tensor, drop_B: torch.Tensor | None = None
+        self,
+        word_ids_BL: torch.Tensor,
+        image_tokens_BN: torch.Tensor,
+        drop_B: torch.Tensor | None = None,
+        cells_only_B: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Teacher-forced logits ``[B, N, V]``: row i predicts image token i from the caption
         and tokens ``< i`` (equal to ``gpt.full_logits(...)[:, :N]``).
 
         ``word_ids_BL`` comes from ``caption_encoder.tokenize``; ``drop_B`` (bool) replaces a
         row's caption by the null caption (CFG dropout, as official training).
+        ``cells_only_B`` (bool, needs ``condition_cell_map``) gives a row the null caption in
+        its condition slots but keeps the cell vectors its own caption makes, so the cell map
+        is that row's only view of the caption (``TrainConfig.cell_only_prob``).
         """
-        cond_embs_BLC = self.gpt.condition_embeddings(self.caption_encoder(word_ids_BL), drop_B)
+        caption_BLK = self.caption_encoder(word_ids_BL)
+        cond_embs_BLC = self.gpt.condition_embeddings(caption_BLK, drop_B)
+        cells_BKC = None
+        if cells_only_B is not None:
+            if not self.cfg.gpt.condition_cell_map:
+                raise ValueError("cells_only_B needs a model with condition_cell_map")
+            cells_BKC = self.gpt.cell_vectors(cond_embs_BLC)
+            slots_drop_B = cells_only_B.bool() if drop_B is None else drop_B.bool() | cells_only_B.bool()
+            cond_embs_BLC = self.gpt.condition_embeddings(caption_BLK, slots_drop_B)
         B, N, L = image_tokens_BN.shape[0], image_tokens_BN.shape[1], self.gpt.cls_token_num
         T = L + N - 1  # the last image token is only a target
         tokens_BT = torch.cat([image_tokens_BN.new_zeros(B, L), image_tokens_BN[:, :-1]], dim=1).long()
         pos_BT = torch.arange(T, device=tokens_BT.device).expand(B, T)
         mask_BTS = torch.ones(T, T, dtype=torch.bool, device=tokens_BT.device).tril()[None].expand(B, T, T)
-        logits_BTV = self.gpt(tokens_BT, pos_BT, None, None, mask_BTS, cond_embs_BLC)
+        logits_BTV = self.gpt(tokens_BT, pos_BT, None, None, mask_BTS, cond_embs_BLC, cells_BKC)
         return logits_BTV[:, L - 1 :]
 
     def loss(
@@ -157,10 +172,12 @@ class ShapesT2IModel(nn.Module):
         image_tokens_BN: torch.Tensor,
         drop_B: torch.Tensor | None = None,
         weights_BN: torch.Tensor | None = None,
+        cells_only_B: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Mean next-token cross-entropy (nats) over all image tokens; with ``weights_BN`` the
-        weighted mean (sum of w * loss over sum of w)."""
-        logits_BNV = self.forward(word_ids_BL, image_tokens_BN, drop_B)
+        weighted mean (sum of w * loss over sum of w). ``drop_B`` and ``cells_only_B`` as in
+        ``forward``."""
+        logits_BNV = self.forward(word_ids_BL, image_tokens_BN, drop_B, cells_only_B)
         if weights_BN is None:
             return F.cross_entropy(logits_BNV.flatten(0, 1).float(), image_tokens_BN.flatten().long())
         loss_BN = F.cross_entropy(

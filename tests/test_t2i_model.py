@@ -17,6 +17,7 @@ from image_ar.t2i_model import ShapesT2IConfig, ShapesT2IModel, t2i_config
 from image_ar.train_t2i import (
     TrainConfig,
     batch_indices,
+    cells_only,
     load_config,
     load_tokens,
     make_optimizer,
@@ -284,3 +285,68 @@ def test_training_runs_with_an_object_weighted_loss(tmp_path, one_thread):
                       eval_every=2, object_loss_weight=4.0)  # fmt: skip
     _, summary = train(t2i_config(dim=32, n_layer=1, n_head=2), cfg, tmp_path / "run", progress=False)
     assert math.isfinite(summary["train_loss"]) and math.isfinite(summary["heldout_loss"])
+
+
+def cell_map_model(cell_embed_std: float) -> ShapesT2IModel:
+    torch.manual_seed(0)
+    model = ShapesT2IModel(t2i_config(dim=32, n_layer=2, n_head=2, condition_cell_map=3)).eval()
+    with torch.no_grad():
+        model.gpt.output.weight.normal_(0.0, 0.5)
+        for layer in model.gpt.cell_map[::2]:  # the map's last layer starts at zero
+            layer.weight.normal_(0.0, 0.5)
+        model.gpt.cell_embed.weight.zero_()
+        if cell_embed_std:
+            model.gpt.cell_embed.weight.normal_(0.0, cell_embed_std)
+    return model
+
+
+def test_a_cells_only_row_sees_its_caption_only_through_the_cell_map():
+    """Rows flagged ``cells_only_B`` get the null caption in the slots and their own caption's
+    cell vectors; unflagged rows are the plain forward; with a zero cell map two different
+    captions give a cells-only row the same logits."""
+    other = "a small green square at the bottom right on a white background"
+    image_BN = torch.randint(0, 1024, (2, 256), generator=torch.Generator().manual_seed(0))
+    flags = torch.tensor([True, False])
+    with torch.no_grad():
+        model = cell_map_model(0.5)
+        words, _ = model.tokenize([PROMPT, PROMPT])
+        plain, mixed = model(words, image_BN), model(words, image_BN, None, flags)
+        torch.testing.assert_close(mixed[1], plain[1])
+        assert not torch.allclose(mixed[0], plain[0])
+        gpt, L = model.gpt, model.gpt.cls_token_num
+        caption_BLK = model.caption_encoder(words)
+        null = gpt.condition_embeddings(caption_BLK, torch.tensor([True, True]))
+        cells = gpt.cell_vectors(gpt.condition_embeddings(caption_BLK))
+        T = L + 255
+        tokens_BT = torch.cat([image_BN.new_zeros(2, L), image_BN[:, :-1]], 1)
+        mask_BTS = torch.ones(T, T, dtype=torch.bool).tril()[None].expand(2, T, T)
+        by_hand = gpt(tokens_BT, torch.arange(T).expand(2, T), None, None, mask_BTS, null, cells)[:, L - 1 :]
+        torch.testing.assert_close(mixed[0], by_hand[0])
+        two, _ = model.tokenize([PROMPT, other])
+        read = model(two, image_BN[:1].expand(2, -1), None, torch.tensor([True, True]))
+        assert not torch.allclose(read[0], read[1])
+        blind = cell_map_model(0.0)(two, image_BN[:1].expand(2, -1), None, torch.tensor([True, True]))
+        torch.testing.assert_close(blind[0], blind[1])
+        with pytest.raises(ValueError, match="cells_only_B needs a model with condition_cell_map"):
+            tiny_model()(words, image_BN, None, flags)
+
+
+def test_cells_only_draws_rows_by_seed_and_step():
+    assert cells_only(5, 32, 0.0, 1) is None
+    rows = cells_only(5, 4096, 0.3, 1)
+    assert torch.equal(rows, cells_only(5, 4096, 0.3, 1)) and not torch.equal(
+        rows, cells_only(6, 4096, 0.3, 1)
+    )
+    assert 0.27 < rows.float().mean() < 0.33
+
+
+def test_training_with_cell_only_rows_runs_and_bad_values_are_named(tmp_path, one_thread):
+    base = dict(data=token_file(tmp_path, 8), vq=None, steps=2, batch_size=4, heldout_size=4, eval_every=2)
+    mapped = t2i_config(dim=32, n_layer=1, n_head=2, condition_cell_map=3)
+    _, summary = train(mapped, TrainConfig(cell_only_prob=0.5, **base), tmp_path / "run", progress=False)
+    assert math.isfinite(summary["train_loss"])
+    with pytest.raises(ValueError, match=r"cell_only_prob must be in \[0, 1\), got 1.0"):
+        train(mapped, TrainConfig(cell_only_prob=1.0, **base), tmp_path / "bad", progress=False)
+    with pytest.raises(ValueError, match="cell_only_prob > 0 needs a model with condition_cell_map"):
+        train(t2i_config(dim=32, n_layer=1, n_head=2), TrainConfig(cell_only_prob=0.3, **base),
+              tmp_path / "bad2", progress=False)  # fmt: skip
