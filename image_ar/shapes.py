@@ -168,11 +168,31 @@ def object_mask(obj: ShapeObject) -> np.ndarray:
 def object_token_mask(scene: Scene, grid: int = 16) -> np.ndarray:
     """Boolean ``[grid * grid]`` (raster order): which patches of a ``grid x grid`` tokenization
     hold a pixel of one of the scene's objects."""
+    mask_HW = np.logical_or.reduce([object_mask(obj) for obj in scene.objects])
+    return _patches(mask_HW, grid).reshape(-1)
+
+
+def _patches(mask_HW: np.ndarray, grid: int) -> np.ndarray:
+    """``[grid, grid]``: which patches of a pixel mask hold a True pixel."""
     if IMAGE_SIZE % grid:
         raise ValueError(f"grid {grid} does not divide the image size {IMAGE_SIZE}")
-    mask_HW = np.logical_or.reduce([object_mask(obj) for obj in scene.objects])
     patch = IMAGE_SIZE // grid
-    return mask_HW.reshape(grid, patch, grid, patch).any(axis=(1, 3)).reshape(-1)
+    return mask_HW.reshape(grid, patch, grid, patch).any(axis=(1, 3))
+
+
+def reveal_token_mask(scene: Scene, grid: int = 16, rows_above: int = 3) -> np.ndarray:
+    """Boolean ``[grid * grid]`` (raster order): per object, the token rows from ``rows_above``
+    above its top token row through that row, in its token columns widened by one each side
+    -- where, decoding in raster order, the object first shows (a tokenizer with a receptive
+    field wider than a patch shows it early)."""
+    if rows_above < 0:
+        raise ValueError(f"rows_above must be >= 0, got {rows_above}")
+    out_HW = np.zeros((grid, grid), dtype=bool)
+    for obj in scene.objects:
+        obj_HW = _patches(object_mask(obj), grid)
+        rows, cols = np.flatnonzero(obj_HW.any(1)), np.flatnonzero(obj_HW.any(0))
+        out_HW[max(0, rows[0] - rows_above) : rows[0] + 1, max(0, cols[0] - 1) : cols[-1] + 2] = True
+    return out_HW.reshape(-1)
 
 
 def _as_rng(rng_or_seed: int | np.random.Generator) -> np.random.Generator:

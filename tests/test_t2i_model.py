@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from image_ar.caption_encoder import PAD_ID, VOCAB, CaptionEncoder, CaptionEncoderConfig, pretrain, tokenize
 from image_ar.eval_t2i import sample_tokens
-from image_ar.shapes import caption, object_token_mask, parse_caption, sample_scene
+from image_ar.shapes import caption, object_token_mask, parse_caption, reveal_token_mask, sample_scene
 from image_ar.t2i_model import ShapesT2IConfig, ShapesT2IModel, t2i_config
 from image_ar.train_t2i import (
     TrainConfig,
@@ -350,3 +350,24 @@ def test_training_with_cell_only_rows_runs_and_bad_values_are_named(tmp_path, on
     with pytest.raises(ValueError, match="cell_only_prob > 0 needs a model with condition_cell_map"):
         train(t2i_config(dim=32, n_layer=1, n_head=2), TrainConfig(cell_only_prob=0.3, **base),
               tmp_path / "bad2", progress=False)  # fmt: skip
+
+
+def test_reveal_weights_cover_the_rows_above_each_object():
+    """A large square at the bottom left fills token rows 9-15, columns 0-6 (as
+    ``object_token_mask`` says); the reveal region is rows 6-9, columns 0-7."""
+    text = "a large red square at the bottom left on a blue background"
+    scene = parse_caption(text)
+    obj = object_token_mask(scene).reshape(16, 16)
+    rows, cols = obj.any(1).nonzero()[0], obj.any(0).nonzero()[0]
+    reveal = reveal_token_mask(scene, 16, 3).reshape(16, 16)
+    expected = torch.zeros(16, 16, dtype=torch.bool)
+    expected[rows[0] - 3 : rows[0] + 1, : cols[-1] + 2] = True
+    assert torch.equal(torch.from_numpy(reveal), expected) and (rows[0], cols[0], cols[-1]) == (9, 0, 6)
+    weights = object_weights([text], 2.0, 16, reveal_weight=5.0)(torch.tensor([0])).view(16, 16)
+    assert torch.equal(weights == 5.0, expected)
+    assert torch.equal(weights == 2.0, torch.from_numpy(obj) & ~expected)
+    assert (weights == 1.0).sum() == 256 - (expected | torch.from_numpy(obj)).sum()
+    with pytest.raises(ValueError, match="reveal_loss_weight must be > 0, got -1.0"):
+        object_weights([text], 1.0, 16, reveal_weight=-1.0)
+    with pytest.raises(ValueError, match="rows_above must be >= 0"):
+        reveal_token_mask(scene, 16, -1)
