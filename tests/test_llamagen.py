@@ -193,6 +193,24 @@ def test_condition_cell_map_starts_as_the_base_model_and_reaches_tokens_by_cell(
         torch.testing.assert_close(delta_BTC[0], cells_KC[[0, 2, 8]])
 
 
+def test_condition_cell_lookahead_takes_the_cell_rows_below():
+    """With lookahead 3 the token predicting row r reads the cell of row r + 3 (clamped)."""
+    cfg = gpt_config("gpt_t2i+pos+cell")
+    model = GPT(dataclasses.replace(cfg, block_size=256, condition_cell_lookahead=3)).eval()  # a 16 x 16 grid
+    side, L = model.grid_width, model.cls_token_num
+    cells_KC = torch.randn(1, 9, model.cfg.dim)
+    # predicting (row 2, col 0) -> row 5 (cell 0); (3, 0) -> row 6 (cell 3); (10, 15) -> 13 (cell 8);
+    # (14, 6) -> 17, clamped to row 15 (cell 7)
+    next_T = torch.tensor([2 * side, 3 * side, 10 * side + 15, 14 * side + 6])
+    pos_BT = (L + next_T - 1)[None]
+    tokens_BT = torch.zeros(1, 4, dtype=torch.long)
+    with torch.no_grad():
+        delta_BTC = model._image_embed(tokens_BT, pos_BT, cells_KC) - model._image_embed(tokens_BT, pos_BT)
+    torch.testing.assert_close(delta_BTC[0], cells_KC[0, [0, 3, 8, 7]])
+    with pytest.raises(ValueError, match="condition_cell_lookahead must be an integer >= 0"):
+        dataclasses.replace(cfg, condition_cell_lookahead=-1)
+
+
 def test_condition_cell_map_size_is_checked():
     with pytest.raises(ValueError, match="condition_cell_map must be an integer in"):
         GPTConfig(dim=32, n_layer=1, n_head=2, block_size=256, condition_cell_map=17)

@@ -56,6 +56,11 @@ class GPTConfig:
             can be pretrained to read the layout into the code (``image_ar.cell_map``).
         condition_cell_code: the size of a cell's code (16 for Shapes-T2I: colour, shape and
             size of the object in the cell, each with an "empty" value).
+        condition_cell_lookahead: k >= 0 token rows: the vector is that of the cell holding
+            the token k rows below the one predicted (clamped to the last row). With a
+            tokenizer whose receptive field is wider than a patch, an object shows in the
+            token rows above it, mostly in the cell above its own; with k = 0 the map told
+            those tokens "empty" and a GPT trained with it did not use it.
     """
 
     dim: int = 4096
@@ -79,6 +84,7 @@ class GPTConfig:
     condition_rope_gate: bool = False
     condition_cell_map: int = 0
     condition_cell_code: int = 16
+    condition_cell_lookahead: int = 0
 
     def __post_init__(self) -> None:
         if self.model_type not in ("c2i", "t2i"):
@@ -87,6 +93,10 @@ class GPTConfig:
             raise ValueError(
                 f"condition_cell_map must be an integer in [0, {self.grid_size}] (cells per side), "
                 f"got {self.condition_cell_map!r}"
+            )
+        if not isinstance(self.condition_cell_lookahead, int) or self.condition_cell_lookahead < 0:
+            raise ValueError(
+                f"condition_cell_lookahead must be an integer >= 0 (token rows), got {self.condition_cell_lookahead!r}"
             )
         if self.dim % self.n_head:
             raise ValueError(f"dim {self.dim} is not divisible by n_head {self.n_head}")

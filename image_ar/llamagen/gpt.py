@@ -372,10 +372,11 @@ class GPT(nn.Module):
         idx_BT = (pos_BT - self.cls_token_num).clamp(0, self.cfg.block_size - 1)
         if self.cfg.image_pos_embedding:
             x_BTC = x_BTC + self.image_pos_embedding(idx_BT).to(x_BTC.dtype)
-        if cells_BKC is not None:  # condition_cell_map: the vector of the predicted token's cell
+        if cells_BKC is not None:  # condition_cell_map: the predicted token's cell (+ lookahead rows)
             n, side = self.cfg.condition_cell_map, self.grid_width
             next_BT = (idx_BT + 1).clamp(max=side * side - 1)
-            cell_BT = (next_BT // side * n // side) * n + next_BT % side * n // side
+            row_BT = (next_BT // side + self.cfg.condition_cell_lookahead).clamp(max=side - 1)
+            cell_BT = (row_BT * n // side) * n + next_BT % side * n // side
             x_BTC = x_BTC + cells_BKC.to(x_BTC.dtype).gather(
                 1, cell_BT[..., None].expand(-1, -1, x_BTC.shape[-1])
             )
