@@ -72,7 +72,8 @@ class TrainConfig:
     ``cell_map_lr_scale`` the ``condition_cell_map`` MLP's (its own groups, usual decay).
     ``cell_map_pretrain_steps`` > 0 first trains the map's MLP to read the caption's layout
     (``image_ar.cell_map``) and then keeps it frozen (only the zero-initialised code -> vector
-    map ``cell_embed`` learns with the GPT); like caption pretraining it runs once, at the start.
+    map ``cell_embed`` learns with the GPT); like caption pretraining it runs once, at the
+    start, and only in the run that adds the map (a later stage keeps the map frozen as it is).
     ``cell_embed_init`` > 0 starts ``cell_embed`` from N(0, that std) instead of zero when this
     run adds the map (trained from zero it stayed near zero, see ``image_ar.cell_map``).
     ``object_loss_weight`` w weighs the training loss of tokens whose patch holds an object
@@ -370,7 +371,7 @@ def train(
             model.gpt.cell_embed.weight.normal_(
                 0.0, cfg.cell_embed_init, generator=torch.Generator().manual_seed(cfg.seed)
             )
-    if not ckpt_path.exists() and cell_pretrain:
+    if not ckpt_path.exists() and cell_pretrain and cells_are_new:
         t0 = time.perf_counter()
         summary["cell_map_pretrain"] = pretrain_cell_map(
             model, word_ids_NL, captions, cfg.cell_map_pretrain_steps, cfg.cell_map_pretrain_batch,

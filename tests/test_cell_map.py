@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -72,6 +74,14 @@ def test_a_pretrained_map_stays_fixed_while_its_code_embedding_trains(tmp_path, 
             trained.gpt.cell_map[i].weight, started.gpt.cell_map[i].weight, atol=0, rtol=0
         )
     assert trained.gpt.cell_embed.weight.abs().sum() > 0
+    later = dataclasses.replace(cfg, init_from=str(tmp_path / "run" / "ckpt.pt"))  # a later stage
+    continued, summary = train(model_cfg, later, tmp_path / "later", progress=False)
+    assert "cell_map_pretrain" not in summary
+    for i in (0, 2, 4):
+        torch.testing.assert_close(
+            continued.gpt.cell_map[i].weight, started.gpt.cell_map[i].weight, atol=0, rtol=0
+        )
+    assert not torch.equal(continued.gpt.cell_embed.weight, trained.gpt.cell_embed.weight)
 
 
 def test_cell_embed_may_start_from_a_random_init(tmp_path, one_thread):
