@@ -82,8 +82,8 @@ class TrainConfig:
     the stage-10 model only 0.004 nats per token, the background texture dominating the loss.
     ``reveal_loss_weight`` w weighs the tokens where an object shows first
     (``shapes.reveal_token_mask``: ``reveal_rows`` token rows above each object's top row and
-    that row, one column wider than the object each side). Measured why: those tokens (13% of
-    an image) hold 52% of what the caption is worth to the stage-9 model (18 nats per image of
+    that row, one column wider than the object each side). Measured why: those tokens (12.5% of
+    an image) hold 54% of what the caption is worth to the stage-9 model (18 nats per image of
     ~490; its tokenizer's receptive field shows an object a few rows early), the object's own
     tokens 12%: the caption's gradient is a small part of the loss and sits there.
     ``cell_only_prob`` p (needs ``condition_cell_map``): each training row, with probability
