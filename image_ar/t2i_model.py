@@ -149,15 +149,14 @@ class ShapesT2IModel(nn.Module):
         its condition slots but keeps the cell vectors its own caption makes, so the cell map
         is that row's only view of the caption (``TrainConfig.cell_only_prob``).
         """
-        caption_BLK = self.caption_encoder(word_ids_BL)
-        cond_embs_BLC = self.gpt.condition_embeddings(caption_BLK, drop_B)
+        cond_embs_BLC = self.gpt.condition_embeddings(self.caption_encoder(word_ids_BL), drop_B)
         cells_BKC = None
         if cells_only_B is not None:
             if not self.cfg.gpt.condition_cell_map:
                 raise ValueError("cells_only_B needs a model with condition_cell_map")
             cells_BKC = self.gpt.cell_vectors(cond_embs_BLC)
-            slots_drop_B = cells_only_B.bool() if drop_B is None else drop_B.bool() | cells_only_B.bool()
-            cond_embs_BLC = self.gpt.condition_embeddings(caption_BLK, slots_drop_B)
+            null_BLC = self.null_cond_embs(cond_embs_BLC.shape[0])
+            cond_embs_BLC = torch.where(cells_only_B.bool()[:, None, None], null_BLC, cond_embs_BLC)
         B, N, L = image_tokens_BN.shape[0], image_tokens_BN.shape[1], self.gpt.cls_token_num
         T = L + N - 1  # the last image token is only a target
         tokens_BT = torch.cat([image_tokens_BN.new_zeros(B, L), image_tokens_BN[:, :-1]], dim=1).long()

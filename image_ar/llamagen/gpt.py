@@ -296,9 +296,8 @@ class GPT(nn.Module):
 
     def cell_codes(self, cond_embs_BLC: torch.Tensor) -> torch.Tensor:
         """Each cell's code logits ``[B, n*n, condition_cell_code]`` (the map's MLP output)."""
-        slots_BX = F.layer_norm(cond_embs_BLC, (cond_embs_BLC.shape[-1],)).flatten(
-            1
-        )  # every slot, normalised
+        # every slot, layer-normalised, concatenated
+        slots_BX = F.layer_norm(cond_embs_BLC, (cond_embs_BLC.shape[-1],)).flatten(1)
         return self.cell_map(slots_BX).view(cond_embs_BLC.shape[0], -1, self.cfg.condition_cell_code)
 
     def prefill_condition(
