@@ -78,3 +78,26 @@ def token_file(tmp_path, n: int) -> str:
         {"tokens": torch.randint(0, 1024, (n, 256), generator=g).to(torch.int16), "captions": captions}, path
     )
     return str(path)
+
+
+def random_t2i_model(cell_map: int = 0, cell_embed_std: float = 0.5, blind: bool = False):
+    """A small Shapes-T2I model with every tensor random (the official init zeroes the head;
+    a cell map's last layer and ``cell_embed`` start at zero): ``cell_embed_std`` 0 keeps the
+    map adding nothing; ``blind`` zeroes the caption projection, so every caption (and the
+    null caption) gives the same condition."""
+    from image_ar.t2i_model import ShapesT2IModel, t2i_config
+
+    torch.manual_seed(0)
+    model = ShapesT2IModel(t2i_config(dim=32, n_layer=2, n_head=2, image_pos_embedding=True,
+                                      condition_cell_map=cell_map)).eval()  # fmt: skip
+    with torch.no_grad():
+        model.gpt.output.weight.normal_(0.0, 0.5)
+        if cell_map:
+            for layer in model.gpt.cell_map[::2]:
+                layer.weight.normal_(0.0, 0.5)
+            model.gpt.cell_embed.weight.zero_()
+            if cell_embed_std:
+                model.gpt.cell_embed.weight.normal_(0.0, cell_embed_std)
+        if blind:
+            model.gpt.cls_embedding.cap_proj.fc2.weight.zero_()
+    return model

@@ -25,7 +25,7 @@ from image_ar.train_t2i import (
     train,
 )
 
-from .conftest import token_file
+from .conftest import random_t2i_model, token_file
 
 PROMPT = "a large red circle at the top left on a blue background"
 
@@ -287,19 +287,6 @@ def test_training_runs_with_an_object_weighted_loss(tmp_path, one_thread):
     assert math.isfinite(summary["train_loss"]) and math.isfinite(summary["heldout_loss"])
 
 
-def cell_map_model(cell_embed_std: float) -> ShapesT2IModel:
-    torch.manual_seed(0)
-    model = ShapesT2IModel(t2i_config(dim=32, n_layer=2, n_head=2, condition_cell_map=3)).eval()
-    with torch.no_grad():
-        model.gpt.output.weight.normal_(0.0, 0.5)
-        for layer in model.gpt.cell_map[::2]:  # the map's last layer starts at zero
-            layer.weight.normal_(0.0, 0.5)
-        model.gpt.cell_embed.weight.zero_()
-        if cell_embed_std:
-            model.gpt.cell_embed.weight.normal_(0.0, cell_embed_std)
-    return model
-
-
 def test_a_cells_only_row_sees_its_caption_only_through_the_cell_map():
     """Rows flagged ``cells_only_B`` get the null caption in the slots and their own caption's
     cell vectors; unflagged rows are the plain forward; with a zero cell map two different
@@ -308,7 +295,7 @@ def test_a_cells_only_row_sees_its_caption_only_through_the_cell_map():
     image_BN = torch.randint(0, 1024, (2, 256), generator=torch.Generator().manual_seed(0))
     flags = torch.tensor([True, False])
     with torch.no_grad():
-        model = cell_map_model(0.5)
+        model = random_t2i_model(3)
         words, _ = model.tokenize([PROMPT, PROMPT])
         plain, mixed = model(words, image_BN), model(words, image_BN, None, flags)
         torch.testing.assert_close(mixed[1], plain[1])
@@ -325,7 +312,9 @@ def test_a_cells_only_row_sees_its_caption_only_through_the_cell_map():
         two, _ = model.tokenize([PROMPT, other])
         read = model(two, image_BN[:1].expand(2, -1), None, torch.tensor([True, True]))
         assert not torch.allclose(read[0], read[1])
-        blind = cell_map_model(0.0)(two, image_BN[:1].expand(2, -1), None, torch.tensor([True, True]))
+        blind = random_t2i_model(3, cell_embed_std=0.0)(
+            two, image_BN[:1].expand(2, -1), None, torch.tensor([True, True])
+        )
         torch.testing.assert_close(blind[0], blind[1])
         with pytest.raises(ValueError, match="cells_only_B needs a model with condition_cell_map"):
             tiny_model()(words, image_BN, None, flags)
