@@ -10,7 +10,7 @@ export with the exact command in its json.
 Run:  OMP_WAIT_POLICY=PASSIVE python -m image_ar.train_t2i --config image_ar/configs/t2i_tiny_stage1.json --out-dir outputs/t2i_tiny2 \
           --weights image_ar/weights/shapes_t2i.safetensors
 
-Determinism: the data order (a seeded permutation per epoch) and the CFG-dropout draws are
+Determinism: the data order and the per-row draws (``image_ar.t2i_batches``) are
 functions of ``(seed, step)``, so a resumed run takes the same batches as an uninterrupted one.
 
 Must never: modify the dataset or the VQ, or read test-split scenes for training.
@@ -35,7 +35,7 @@ import torch
 
 from image_ar.caption_encoder import pretrain, tokenize
 from image_ar.cell_map import pretrain_cell_map
-from image_ar.shapes import object_token_mask, parse_caption, reveal_token_mask
+from image_ar.t2i_batches import batch_indices, cells_only, cfg_drop, object_weights
 from image_ar.t2i_model import ShapesT2IConfig, ShapesT2IModel, t2i_config
 
 log = logging.getLogger(__name__)
@@ -146,33 +146,6 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
 
 
-def batch_indices(data_pos: int, batch: int, n: int, seed: int) -> torch.Tensor:
-    """Dataset rows for samples ``data_pos .. data_pos + batch - 1`` of the epoch-wise shuffled stream."""
-    pos_B = torch.arange(data_pos, data_pos + batch)
-    epoch_B, offset_B = pos_B // n, pos_B % n
-    out_B = torch.empty(batch, dtype=torch.long)
-    for epoch in epoch_B.unique().tolist():  # a batch spans at most a few epochs
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-        here_B = epoch_B == epoch
-        out_B[here_B] = perm[offset_B[here_B]]
-    return out_B
-
-
-def cfg_drop(step: int, batch: int, p: float, seed: int) -> torch.Tensor:
-    """Bool ``[batch]``: rows whose caption is replaced by the null caption at ``step``."""
-    g = torch.Generator().manual_seed(seed * 7_919 + step + 1)
-    return torch.rand(batch, generator=g) < p
-
-
-def cells_only(step: int, batch: int, p: float, seed: int) -> torch.Tensor | None:
-    """Bool ``[batch]``: rows that see their caption only through the cell map at ``step``
-    (None when ``p`` is 0; drawn independently of ``cfg_drop``)."""
-    if p == 0.0:
-        return None
-    g = torch.Generator().manual_seed(seed * 6_007 + step + 104_729)
-    return torch.rand(batch, generator=g) < p
-
-
 def make_optimizer(model: ShapesT2IModel, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW; weight decay on matrices and embeddings only (official LlamaGen rule: dim >= 2);
     scalar gates in a group of their own with ``gate_lr_scale`` times the learning rate, the
@@ -270,37 +243,6 @@ def initial_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         return ShapesT2IModel.load(path).state_dict()
     return torch.load(path, map_location="cpu", weights_only=True)["model"]
-
-
-def object_weights(
-    captions: Sequence[str], weight: float, grid: int, reveal_weight: float = 1.0, reveal_rows: int = 3
-) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """None when both weights are 1; else a function from item indices ``[B]`` to loss weights
-    ``[B, grid * grid]``: ``weight`` where the token's patch holds an object pixel,
-    ``reveal_weight`` on ``shapes.reveal_token_mask`` (the larger where both apply), 1
-    elsewhere (the masks are made once, as bools; a batch's weights per step)."""
-    if weight == 1.0 and reveal_weight == 1.0:
-        return None
-    for name, value in (("object_loss_weight", weight), ("reveal_loss_weight", reveal_weight)):
-        if not value > 0:
-            raise ValueError(f"{name} must be > 0, got {value!r}")
-    masks: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    for text in captions:
-        if text not in masks:
-            scene = parse_caption(text)
-            masks[text] = (
-                torch.from_numpy(object_token_mask(scene, grid)),
-                torch.from_numpy(reveal_token_mask(scene, grid, reveal_rows)),
-            )
-    object_ND = torch.stack([masks[text][0] for text in captions])
-    reveal_ND = torch.stack([masks[text][1] for text in captions])
-
-    def weights_of(idx_B: torch.Tensor) -> torch.Tensor:
-        w_BN = torch.ones(idx_B.shape[0], object_ND.shape[1])
-        w_BN = torch.where(object_ND[idx_B], torch.maximum(w_BN, torch.tensor(weight)), w_BN)
-        return torch.where(reveal_ND[idx_B], torch.maximum(w_BN, torch.tensor(reveal_weight)), w_BN)
-
-    return weights_of
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
