@@ -13,13 +13,13 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from image_ar.checkpoint import save_atomic
 from image_ar.llamagen.vq import VQModel
 from image_ar.train_vq import batch, load_trained_vq
 
@@ -82,9 +82,7 @@ def main(argv: list[str] | None = None) -> None:
         "vq_config": json.dumps(dataclasses.asdict(model.cfg)),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    torch.save(out, tmp)
-    os.replace(tmp, args.out)
+    save_atomic(out, args.out)
     used = torch.unique(tokens.long()).numel() / model.cfg.codebook_size
     print(
         f"wrote {args.out}: {tuple(tokens.shape)} tokens in {time.perf_counter() - t0:.0f} s, "

@@ -35,6 +35,7 @@ import torch
 
 from image_ar.caption_encoder import pretrain, tokenize
 from image_ar.cell_map import pretrain_cell_map
+from image_ar.checkpoint import save_atomic
 from image_ar.t2i_batches import batch_indices, cells_only, cfg_drop, object_weights
 from image_ar.t2i_model import ShapesT2IConfig, ShapesT2IModel, t2i_config
 
@@ -245,12 +246,6 @@ def initial_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)["model"]
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def train(
     model_cfg: ShapesT2IConfig,
     cfg: TrainConfig,
@@ -337,7 +332,7 @@ def train(
         state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
                  "data_pos": data_pos, "elapsed": elapsed + time.perf_counter() - t_start,
                  "summary": summary, "configs": configs}  # fmt: skip
-        _atomic_save(state, ckpt_path)
+        save_atomic(state, ckpt_path)
 
     weights_of = object_weights(
         captions, cfg.object_loss_weight, model_cfg.gpt.grid_size, cfg.reveal_loss_weight, cfg.reveal_rows

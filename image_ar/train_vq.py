@@ -39,6 +39,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from image_ar.checkpoint import save_atomic
 from image_ar.llamagen.vq import VQConfig, VQModel
 from image_ar.shapes import caption, sample_item, to_tensor
 
@@ -159,12 +160,6 @@ def restart_dead_codes(
     return dead_idx
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def train(
     vq_cfg: VQConfig,
     cfg: TrainConfig,
@@ -219,7 +214,7 @@ def train(
             "rng": gen.get_state(),
             "configs": json.dumps(configs),
         }
-        _atomic_save(state, ckpt_path)
+        save_atomic(state, ckpt_path)
 
     end = cfg.steps if stop_at is None else min(cfg.steps, stop_at)
     metrics: dict[str, float] = {}
