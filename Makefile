@@ -28,7 +28,7 @@ test: setup
 test-slow: setup
 	$(PY) -m pytest -m slow
 
-BENCH_METHODS ?= ar,sjd,sjd-coupled:init=random,sjd-coupled:init=horizontal,sjd-coupled:init=vertical,lantern:lantern_delta=0.1,lantern:lantern_delta=0.4,lantern:lantern_rule=paper,lantern_delta=0.05,lantern:lantern_rule=paper,lantern_delta=0.1,lantern:lantern_rule=paper,lantern_delta=0.2,zipar:zipar_window=8,zipar:zipar_window=4,zipar:zipar_window=2,zipar:zipar_window=1,zipar+sjd:zipar_window=4,zipar+sjd:zipar_window=3,zipar+sjd:zipar_window=2,zipar+lantern:zipar_window=2,lantern_rule=paper,lantern_delta=0.1
+BENCH_METHODS ?= ar,sjd,sjd-coupled:init=random,sjd-coupled:init=horizontal,sjd-coupled:init=vertical,lantern:lantern_delta=0.1,lantern:lantern_delta=0.4,lantern:lantern_rule=paper,lantern_delta=0.05,lantern:lantern_rule=paper,lantern_delta=0.1,lantern:lantern_rule=paper,lantern_delta=0.2,zipar:zipar_window=8,zipar:zipar_window=4,zipar:zipar_window=2,zipar:zipar_window=1,zipar+sjd:zipar_window=4,zipar+sjd:zipar_window=3,zipar+sjd:zipar_window=2,zipar+sjd:zipar_window=4,init=vertical,zipar+lantern:zipar_window=2,lantern_rule=paper,lantern_delta=0.1,zipar+lantern:zipar_window=4,lantern_rule=paper,lantern_delta=0.8
 
 bench: setup
 	$(VENV)/bin/mmaccel eval compare --methods "$(BENCH_METHODS)" --prompts 200 --batch 20 --real 1000 --noise-floor --out docs/benchmarks/default_model
