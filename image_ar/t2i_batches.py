@@ -29,19 +29,20 @@ def batch_indices(data_pos: int, batch: int, n: int, seed: int) -> torch.Tensor:
     return out_B
 
 
+def _row_draws(generator_seed: int, batch: int, p: float) -> torch.Tensor:
+    """Bool ``[batch]``, each True with probability ``p``, from a generator seeded ``generator_seed``."""
+    return torch.rand(batch, generator=torch.Generator().manual_seed(generator_seed)) < p
+
+
 def cfg_drop(step: int, batch: int, p: float, seed: int) -> torch.Tensor:
     """Bool ``[batch]``: rows whose caption is replaced by the null caption at ``step``."""
-    g = torch.Generator().manual_seed(seed * 7_919 + step + 1)
-    return torch.rand(batch, generator=g) < p
+    return _row_draws(seed * 7_919 + step + 1, batch, p)
 
 
 def cells_only(step: int, batch: int, p: float, seed: int) -> torch.Tensor | None:
     """Bool ``[batch]``: rows that see their caption only through the cell map at ``step``
     (None when ``p`` is 0; drawn independently of ``cfg_drop``)."""
-    if p == 0.0:
-        return None
-    g = torch.Generator().manual_seed(seed * 6_007 + step + 104_729)
-    return torch.rand(batch, generator=g) < p
+    return None if p == 0.0 else _row_draws(seed * 6_007 + step + 104_729, batch, p)
 
 
 def object_weights(

@@ -19,19 +19,13 @@ from image_ar.diagnose_t2i import (
     swapped,
     token_nats,
 )
-from image_ar.shapes import POSITIONS, caption, sample_scene
+from image_ar.shapes import POSITIONS, caption
 
 from .conftest import random_t2i_model
 
 
 def two_object_scenes(n: int) -> list:
-    scenes, seed = [], 0
-    while len(scenes) < n:
-        scene = sample_scene(seed)
-        seed += 1
-        if len(scene.objects) == 2:
-            scenes.append(scene)
-    return scenes
+    return held_out_scenes(n, objects=2)[0]
 
 
 def test_swapped_and_moved_scenes_keep_everything_but_the_positions():
@@ -64,7 +58,7 @@ def test_probes_read_zero_for_a_model_blind_to_its_caption_and_not_otherwise(cel
 
 def test_bad_input_is_named():
     model = random_t2i_model()
-    one = [s for s in (sample_scene(i) for i in range(20)) if len(s.objects) == 1][:1]
+    one, _ = held_out_scenes(1, objects=1)
     with pytest.raises(ValueError, match="needs two-object scenes"):
         binding_costs(model, one, torch.zeros(1, 256, dtype=torch.long))
     with pytest.raises(ValueError, match="mode must be 'full', 'null' or 'cells-only', got 'half'"):
