@@ -3,10 +3,12 @@
 Owns two probes on test-split scenes (exact figures behind ``image_ar/configs/README.md``):
 
 - ``binding_costs``: on two-object scenes, the nats per image the model loses when the
-  caption's two objects swap positions ("swap": does it know which object is where?) and
-  when the first object moves to a free cell ("move": does it know which cells hold
-  objects?); with a cell map also in cells-only mode (null caption in the slots, own cell
-  vectors: what the map alone carries).
+  caption's two objects swap positions ("swap": does it know which object is where?), when
+  the first object moves to a free cell ("move": does it know which cells hold objects?),
+  when the two objects swap colours in place ("colour_swap": is each colour bound to its
+  object?), when the first object takes a colour the scene does not show ("recolour") and
+  when it takes another shape ("reshape"); with a cell map also in cells-only mode (null
+  caption in the slots, own cell vectors: what the map alone carries).
 - ``caption_worth``: null-caption loss minus own-caption loss per image, and the share of it
   in the tokens where objects first show (``shapes.reveal_token_mask``) and in the objects'
   own tokens (``shapes.object_token_mask``).
@@ -28,7 +30,9 @@ import torch
 import torch.nn.functional as F
 
 from image_ar.shapes import (
+    COLOURS,
     POSITIONS,
+    SHAPES,
     Scene,
     caption,
     object_token_mask,
@@ -37,6 +41,8 @@ from image_ar.shapes import (
     to_tensor,
 )
 from image_ar.t2i_model import ShapesT2IModel
+
+EDITS = ("swap", "move", "colour_swap", "recolour", "reshape")
 
 
 def held_out_scenes(n: int, objects: int | None = None, seed: int = 3) -> tuple[list[Scene], torch.Tensor]:
@@ -84,8 +90,29 @@ def moved(scene: Scene, rng: np.random.Generator) -> Scene:
     return Scene(scene.background, (replace(first, position=free[rng.integers(len(free))]), *rest))
 
 
+def colour_swapped(scene: Scene) -> Scene:
+    """The two-object scene with its objects' colours exchanged (positions, shapes kept)."""
+    a, b = scene.objects
+    return Scene(scene.background, (replace(a, colour=b.colour), replace(b, colour=a.colour)))
+
+
+def recoloured(scene: Scene, rng: np.random.Generator) -> Scene:
+    """The scene with its first object in a colour neither the background nor any object has."""
+    shown = {scene.background, *(obj.colour for obj in scene.objects)}
+    free = [c for c in COLOURS if c not in shown]
+    first, *rest = scene.objects
+    return Scene(scene.background, (replace(first, colour=free[rng.integers(len(free))]), *rest))
+
+
+def reshaped(scene: Scene, rng: np.random.Generator) -> Scene:
+    """The scene with its first object in another shape."""
+    first, *rest = scene.objects
+    other = [s for s in SHAPES if s != first.shape]
+    return Scene(scene.background, (replace(first, shape=other[rng.integers(len(other))]), *rest))
+
+
 def binding_costs(model: ShapesT2IModel, scenes: Sequence[Scene], tokens_BN: torch.Tensor) -> dict:
-    """``{mode: {"own_nats_per_token", "swap_nats_per_image", "move_nats_per_image"}}`` over
+    """``{mode: {"own_nats_per_token", "<edit>_nats_per_image" for each of EDITS}}`` over
     two-object ``scenes`` and their image tokens; modes ``full`` and, with a cell map,
     ``cells-only``."""
     if any(len(s.objects) != 2 for s in scenes):
@@ -95,16 +122,17 @@ def binding_costs(model: ShapesT2IModel, scenes: Sequence[Scene], tokens_BN: tor
         "own": [caption(s) for s in scenes],
         "swap": [caption(swapped(s)) for s in scenes],
         "move": [caption(moved(s, rng)) for s in scenes],
+        "colour_swap": [caption(colour_swapped(s)) for s in scenes],
+        "recolour": [caption(recoloured(s, rng)) for s in scenes],
+        "reshape": [caption(reshaped(s, rng)) for s in scenes],
     }
     modes = ["full"] + (["cells-only"] if model.cfg.gpt.condition_cell_map else [])
     out = {}
     for mode in modes:
         per_image = {k: token_nats(model, v, tokens_BN, mode).sum(1) for k, v in variants.items()}
-        out[mode] = {
-            "own_nats_per_token": per_image["own"].mean().item() / tokens_BN.shape[1],
-            "swap_nats_per_image": (per_image["swap"] - per_image["own"]).mean().item(),
-            "move_nats_per_image": (per_image["move"] - per_image["own"]).mean().item(),
-        }
+        out[mode] = {"own_nats_per_token": per_image["own"].mean().item() / tokens_BN.shape[1]}
+        for edit in EDITS:
+            out[mode][f"{edit}_nats_per_image"] = (per_image[edit] - per_image["own"]).mean().item()
     return out
 
 

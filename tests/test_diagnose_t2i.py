@@ -5,17 +5,22 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
 from image_ar.diagnose_t2i import (
+    EDITS,
     binding_costs,
     caption_worth,
+    colour_swapped,
     held_out_scenes,
     main,
     moved,
+    recoloured,
+    reshaped,
     swapped,
     token_nats,
 )
@@ -39,6 +44,22 @@ def test_swapped_and_moved_scenes_keep_everything_but_the_positions():
     assert m.objects[1] == b and m.objects[0].colour == a.colour
 
 
+def test_colour_and_shape_edits_change_only_what_they_name():
+    rng = np.random.default_rng(0)
+    for scene in two_object_scenes(20):
+        a, b = scene.objects
+        c = colour_swapped(scene)
+        assert (c.objects[0].colour, c.objects[1].colour) == (b.colour, a.colour)
+        assert [o.position for o in c.objects] == [a.position, b.position]
+        assert [o.shape for o in c.objects] == [a.shape, b.shape] and c.background == scene.background
+        r = recoloured(scene, rng)
+        assert r.objects[0].colour not in (a.colour, b.colour, scene.background)
+        assert r.objects[0] == replace(a, colour=r.objects[0].colour) and r.objects[1] == b
+        s = reshaped(scene, rng)
+        assert s.objects[0].shape != a.shape and s.objects[0] == replace(a, shape=s.objects[0].shape)
+        assert s.objects[1] == b
+
+
 @pytest.mark.parametrize("cell_map", [0, 3])
 def test_probes_read_zero_for_a_model_blind_to_its_caption_and_not_otherwise(cell_map, one_thread):
     scenes = two_object_scenes(3)
@@ -47,8 +68,9 @@ def test_probes_read_zero_for_a_model_blind_to_its_caption_and_not_otherwise(cel
     seeing = binding_costs(random_t2i_model(cell_map), scenes, tokens_BN)
     assert sorted(blind) == sorted(seeing) == (["cells-only", "full"] if cell_map else ["full"])
     for mode in blind:
-        assert blind[mode]["swap_nats_per_image"] == 0.0 and blind[mode]["move_nats_per_image"] == 0.0
-        assert seeing[mode]["swap_nats_per_image"] != 0.0 and seeing[mode]["move_nats_per_image"] != 0.0
+        for edit in EDITS:
+            assert blind[mode][f"{edit}_nats_per_image"] == 0.0
+            assert seeing[mode][f"{edit}_nats_per_image"] != 0.0
         assert math.isfinite(seeing[mode]["own_nats_per_token"])
     assert caption_worth(random_t2i_model(cell_map, blind=True), scenes, tokens_BN)["nats_per_image"] == 0.0
     worth = caption_worth(random_t2i_model(cell_map), scenes, tokens_BN)
