@@ -42,6 +42,7 @@ def test_ground_truth_is_accepted():
     assert result["accuracy"] >= 0.98, result
     assert result["n_one_object"] > 100 and result["n_two_objects"] > 100
     assert result["accuracy_one_object"] >= 0.95 and result["accuracy_two_objects"] >= 0.95, result
+    assert result["objects_right_two_objects"] >= result["accuracy_two_objects"]
     for name in ATTRIBUTES:
         assert result[name] >= 0.98, (name, result)
 
@@ -92,7 +93,15 @@ def test_report_shapes_and_errors():
     scene = Scene(SCENES[0].background, SCENES[0].objects[:1])
     result = report([render(scene, 0)], [caption(scene)])
     assert result["accuracy"] == 1.0 and result["n_one_object"] == 1.0
-    assert math.isnan(result["accuracy_two_objects"])
+    assert math.isnan(result["accuracy_two_objects"]) and math.isnan(result["objects_right_two_objects"])
+    # a two-object prompt whose second object is drawn in the wrong colour: one of two objects right
+    two = next(s for s in SCENES if len(s.objects) == 2)
+    first, second = two.objects
+    recoloured = dataclasses.replace(
+        second, colour=next(c for c in COLOURS if c not in (first.colour, second.colour, two.background))
+    )
+    half = report([render(two, 0)], [caption(Scene(two.background, (first, recoloured)))])
+    assert half["accuracy_two_objects"] == 0.0 and half["objects_right_two_objects"] == 0.5
     with pytest.raises(ValueError, match="2 images but 1 prompts"):
         report([IMAGES[0], IMAGES[1]], [caption(SCENES[0])])
     with pytest.raises(ValueError, match="unknown colour 'pink'"):

@@ -297,9 +297,11 @@ def report(
     """Aggregate prompt accuracy of ``images`` against ``prompts`` (paired by position).
 
     Keys: ``n``, ``accuracy`` (fraction fully correct), ``n_one_object`` /
-    ``accuracy_one_object``, ``n_two_objects`` / ``accuracy_two_objects`` and ``<attribute>``
-    for each name in ``ATTRIBUTES`` (fraction of prompts where that attribute holds). Empty
-    groups give NaN.
+    ``accuracy_one_object``, ``n_two_objects`` / ``accuracy_two_objects``,
+    ``objects_right_two_objects`` (of the objects two-object prompts name, the fraction drawn
+    with their colour, position, shape and size: where two-object prompts fail, and a figure
+    with twice the samples) and ``<attribute>`` for each name in ``ATTRIBUTES`` (fraction of
+    prompts where that attribute holds). Empty groups give NaN.
     """
     if len(images) != len(prompts):
         raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
@@ -317,6 +319,14 @@ def report(
         "accuracy_one_object": mean(one),
         "n_two_objects": float(len(two)),
         "accuracy_two_objects": mean(two),
+        "objects_right_two_objects": mean(
+            [
+                o.colour and o.position and o.shape and o.size
+                for r in results
+                if r.n_objects == 2
+                for o in r.objects
+            ]
+        ),
     }
     for name in ATTRIBUTES:
         out[name] = mean([getattr(r, name) for r in results])
