@@ -82,12 +82,20 @@ def swapped(scene: Scene) -> Scene:
     return Scene(scene.background, (replace(a, position=b.position), replace(b, position=a.position)))
 
 
+def _first_object_with(
+    scene: Scene, attribute: str, options: Sequence[str], rng: np.random.Generator
+) -> Scene:
+    """The scene with its first object's ``attribute`` set to one of ``options``, drawn by ``rng``."""
+    first, *rest = scene.objects
+    return Scene(
+        scene.background, (replace(first, **{attribute: options[rng.integers(len(options))]}), *rest)
+    )
+
+
 def moved(scene: Scene, rng: np.random.Generator) -> Scene:
     """The scene with its first object moved to a cell no object holds."""
     taken = {obj.position for obj in scene.objects}
-    free = [p for p in POSITIONS if p not in taken]
-    first, *rest = scene.objects
-    return Scene(scene.background, (replace(first, position=free[rng.integers(len(free))]), *rest))
+    return _first_object_with(scene, "position", [p for p in POSITIONS if p not in taken], rng)
 
 
 def colour_swapped(scene: Scene) -> Scene:
@@ -99,16 +107,12 @@ def colour_swapped(scene: Scene) -> Scene:
 def recoloured(scene: Scene, rng: np.random.Generator) -> Scene:
     """The scene with its first object in a colour neither the background nor any object has."""
     shown = {scene.background, *(obj.colour for obj in scene.objects)}
-    free = [c for c in COLOURS if c not in shown]
-    first, *rest = scene.objects
-    return Scene(scene.background, (replace(first, colour=free[rng.integers(len(free))]), *rest))
+    return _first_object_with(scene, "colour", [c for c in COLOURS if c not in shown], rng)
 
 
 def reshaped(scene: Scene, rng: np.random.Generator) -> Scene:
     """The scene with its first object in another shape."""
-    first, *rest = scene.objects
-    other = [s for s in SHAPES if s != first.shape]
-    return Scene(scene.background, (replace(first, shape=other[rng.integers(len(other))]), *rest))
+    return _first_object_with(scene, "shape", [s for s in SHAPES if s != scene.objects[0].shape], rng)
 
 
 def binding_costs(model: ShapesT2IModel, scenes: Sequence[Scene], tokens_BN: torch.Tensor) -> dict:

@@ -95,6 +95,11 @@ class ObjectCheck:
     shape: bool
     size: bool
 
+    @property
+    def correct(self) -> bool:
+        """Drawn with its colour, position, shape and size."""
+        return self.colour and self.position and self.shape and self.size
+
 
 @dataclass(frozen=True)
 class PromptCheck:
@@ -320,12 +325,7 @@ def report(
         "n_two_objects": float(len(two)),
         "accuracy_two_objects": mean(two),
         "objects_right_two_objects": mean(
-            [
-                o.colour and o.position and o.shape and o.size
-                for r in results
-                if r.n_objects == 2
-                for o in r.objects
-            ]
+            [o.correct for r in results if r.n_objects == 2 for o in r.objects]
         ),
     }
     for name in ATTRIBUTES:
