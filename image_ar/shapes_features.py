@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from image_ar.checkpoint import save_safetensors
 from image_ar.shapes import COLOURS, POSITIONS, SHAPES, SIZES, Scene, sample_item, to_tensor
 
 WEIGHTS = Path(__file__).parent / "weights" / "shapes_features.safetensors"
@@ -106,7 +107,6 @@ def loss_and_accuracy(net: ShapesFeatureNet, images, labels) -> tuple[torch.Tens
 
 def train(out: Path, steps: int = 1500, batch: int = 64, seed: int = 0, lr: float = 2e-3) -> ShapesFeatureNet:
     """Train the feature network on freshly rendered Shapes-T2I scenes; save fp16 safetensors."""
-    from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
     torch.manual_seed(seed)
@@ -125,7 +125,7 @@ def train(out: Path, steps: int = 1500, batch: int = 64, seed: int = 0, lr: floa
         if step % 100 == 0:
             log.info("step %d loss %.4f label accuracy %.4f", step, loss.item(), acc)
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.half().contiguous() for k, v in net.state_dict().items()}, str(out))
+    save_safetensors({k: v.half().contiguous() for k, v in net.state_dict().items()}, out)
     return net
 
 

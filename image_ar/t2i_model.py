@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from image_ar.caption_encoder import CaptionEncoder, CaptionEncoderConfig, tokenize
+from image_ar.checkpoint import save_safetensors
 from image_ar.llamagen.config import GPTConfig
 from image_ar.llamagen.gpt import GPT
 from image_ar.llamagen.loader import check_state_dict, load_state_dict
@@ -202,14 +203,12 @@ class ShapesT2IModel(nn.Module):
 
         A directory gets ``shapes_t2i.safetensors``; a ``*.safetensors`` path is used as is.
         """
-        from safetensors.torch import save_file
-
         path = Path(dir_or_path)
         if path.suffix != ".safetensors":
             path = path / WEIGHTS_NAME
         path.parent.mkdir(parents=True, exist_ok=True)
         sd = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in self.file_state_dict().items()}
-        save_file(sd, str(path), metadata={"format": FORMAT})
+        save_safetensors(sd, path, metadata={"format": FORMAT})
         json_path = path.with_suffix(".json")
         doc = {"format": FORMAT, "config": self.cfg.to_dict(), **(dict(metadata) if metadata else {})}
         json_path.write_text(json.dumps(doc, indent=2) + "\n")

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from image_ar.checkpoint import save_atomic
+from image_ar.checkpoint import save_atomic, save_safetensors
 from image_ar.llamagen.vq import VQConfig, VQModel
 from image_ar.shapes import caption, sample_item, to_tensor
 
@@ -273,13 +273,11 @@ def train(
 
 def export(model: VQModel, weights: str | os.PathLike, extra: dict[str, Any]) -> None:
     """fp16 safetensors in the official key layout + ``<weights>.json`` with the exact VQConfig."""
-    from safetensors.torch import save_file
-
     weights = Path(weights)
     weights.parent.mkdir(parents=True, exist_ok=True)
     vq_cfg = dataclasses.asdict(model.cfg)
     sd = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
-    save_file(sd, str(weights), metadata={"format": "pt", "vq_config": json.dumps(vq_cfg)})
+    save_safetensors(sd, weights, metadata={"format": "pt", "vq_config": json.dumps(vq_cfg)})
     weights.with_suffix(".json").write_text(json.dumps({"vq_config": vq_cfg, **extra}, indent=2) + "\n")
 
 
