@@ -32,15 +32,13 @@ def _umask() -> int:
 def save_safetensors(
     tensors: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: Mapping[str, str] | None = None
 ) -> None:
-    """``safetensors.torch.save_file`` through a temporary file, with the umask's usual mode.
+    """``safetensors.torch.save_file``, then the mode the umask gives any other new file.
 
-    ``save_file`` creates its file with mode 0600 whatever the umask, so weights exported on a
+    ``save_file`` already writes through a temporary file and a rename (so it never leaves half a
+    file), but that temporary file is created 0600 whatever the umask, so weights exported on a
     shared machine were unreadable to its other users; this gives them ``0666 & ~umask``.
     """
     from safetensors.torch import save_file
 
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(dict(tensors), str(tmp), metadata=dict(metadata) if metadata is not None else None)
-    os.chmod(tmp, 0o666 & ~_umask())
-    os.replace(tmp, path)
+    save_file(dict(tensors), str(path), metadata=dict(metadata) if metadata is not None else None)
+    os.chmod(path, 0o666 & ~_umask())
