@@ -3,7 +3,8 @@
 Owns: the layout code of a Shapes-T2I caption (per cell of the 3 x 3 grid, 16 numbers: the
 colour, shape and size of the object named there one-hot, each with an "empty" value) and
 ``pretrain_cell_map``, which fits the map's MLP to it: cross-entropy per attribute group of each
-cell's 16 logits (the GPT then reads their sigmoid; a one-hot group's winning logit is large).
+cell's 16 logits (the GPT reads them through a sigmoid, or from stage 15 on as one-hot groups:
+``GPTConfig.condition_cell_read``).
 
 Why. Added to a trained model with a zero last layer and trained only through the GPT's loss,
 a map from the slot mean stayed near zero (stage 10, first try: cell vectors of norm ~0.04

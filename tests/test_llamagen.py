@@ -34,6 +34,7 @@ from image_ar.llamagen import (
     load_vq,
     rope_2d_table,
 )
+from image_ar.llamagen.gpt import onehot_code
 from mmaccel.models import CausalLM, as_causal_lm
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "llamagen_official_keys.json").read_text())
@@ -42,11 +43,14 @@ GPT_FIELDS = set(GPTConfig.__dataclass_fields__)
 
 def gpt_config(name: str) -> GPTConfig:
     """An official config from the fixture; ``+pos`` adds the project's image-position embedding,
-    ``+gate`` its condition RoPE gate, ``+cell`` its 3 x 3 condition cell map."""
+    ``+gate`` its condition RoPE gate, ``+cell`` its 3 x 3 condition cell map, ``+onehot`` that
+    map read as one-hot groups (9, 4, 3)."""
     base, *variants = name.split("+")
     fields = {k: v for k, v in FIXTURE["configs"][base].items() if k in GPT_FIELDS}
     return GPTConfig(**fields, image_pos_embedding="pos" in variants, condition_rope_gate="gate" in variants,
-                     condition_cell_map=3 if "cell" in variants else 0)  # fmt: skip
+                     condition_cell_map=3 if "cell" in variants else 0,
+                     condition_cell_read="onehot" if "onehot" in variants else "sigmoid",
+                     condition_cell_groups=(9, 4, 3) if "onehot" in variants else ())  # fmt: skip
 
 
 def vq_config() -> VQConfig:
@@ -216,11 +220,46 @@ def test_condition_cell_map_size_is_checked():
         GPTConfig(dim=32, n_layer=1, n_head=2, block_size=256, condition_cell_map=17)
 
 
+def test_onehot_code_lights_one_entry_per_group_and_empties_a_cell():
+    groups = (9, 4, 3)
+    torch.manual_seed(0)
+    logits_BKX = torch.randn(2, 9, 16)
+    logits_BKX[:, :, 0] = -9.0  # no cell empty ...
+    logits_BKX[1, 4, 0] = 9.0  # ... except cell 4 of the second caption
+    logits_BKX[0, 2, 9:13] = 5.0  # a four-way tie in cell 2's shape group: the first wins
+    code_BKX = onehot_code(logits_BKX, groups)
+    for j, (part, hot) in enumerate(
+        zip(logits_BKX.split(groups, -1), code_BKX.split(groups, -1), strict=True)
+    ):
+        assert torch.equal(hot.sum(-1), torch.ones(2, 9))
+        expected = part.argmax(-1)
+        expected[1, 4] = 0
+        assert torch.equal(hot.argmax(-1), expected), f"group {j}"
+    assert code_BKX[0, 2, 9:13].tolist() == [1.0, 0.0, 0.0, 0.0]
+
+
+def test_onehot_cell_read_feeds_one_hot_codes_and_is_checked():
+    model = random_gpt("gpt_t2i+pos+cell+onehot")
+    with torch.no_grad():
+        model.cell_embed.weight.normal_()
+        emb_BLC = model.condition_embeddings(condition(model))
+        codes_BKX = onehot_code(model.cell_codes(emb_BLC), (9, 4, 3))
+        torch.testing.assert_close(model.cell_vectors(emb_BLC), model.cell_embed(codes_BKX))
+    cfg = gpt_config("gpt_t2i+pos+cell")
+    with pytest.raises(ValueError, match="condition_cell_read must be 'sigmoid' or 'onehot', got 'softmax'"):
+        dataclasses.replace(cfg, condition_cell_read="softmax")
+    with pytest.raises(ValueError, match=r"summing to condition_cell_code=16, got \(9, 4\)"):
+        dataclasses.replace(cfg, condition_cell_read="onehot", condition_cell_groups=[9, 4])
+    with pytest.raises(ValueError, match="needs condition_cell_groups"):
+        dataclasses.replace(cfg, condition_cell_read="onehot")
+
+
 # --- cached decoding through the protocol ---------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    "name", ["gpt_c2i", "gpt_t2i", "gpt_t2i+pos", "gpt_t2i+pos+gate", "gpt_t2i+pos+cell"]
+    "name",
+    ["gpt_c2i", "gpt_t2i", "gpt_t2i+pos", "gpt_t2i+pos+gate", "gpt_t2i+pos+cell", "gpt_t2i+pos+cell+onehot"],
 )
 def test_cached_decoding_equals_full_logits(name):
     model = random_gpt(name)

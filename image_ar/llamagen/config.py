@@ -56,6 +56,15 @@ class GPTConfig:
             can be pretrained to read the layout into the code (``image_ar.cell_map``).
         condition_cell_code: the size of a cell's code (16 for Shapes-T2I: colour, shape and
             size of the object in the cell, each with an "empty" value).
+        condition_cell_read: how image tokens read a cell's code logits. "sigmoid" (stages
+            10-14): each number through a sigmoid. "onehot": the code splits into the groups
+            ``condition_cell_groups`` (the map is pretrained with a softmax per group) and each
+            group reads as the one-hot of its largest logit; index 0 of the first group means
+            "empty cell", and then every group reads its index 0. Sigmoids of softmax-trained
+            logits are not one-hot: a cell often read both "empty" and a colour near 1, or
+            several shapes at once (measured on stage 14), and the GPT drew from that blur.
+        condition_cell_groups: the sizes of the code's one-hot groups (Shapes-T2I: colour,
+            shape, size, each with "empty": 9, 4, 3); needed by ``condition_cell_read`` "onehot".
         condition_cell_lookahead: k >= 0 token rows: the vector is that of the cell holding
             the token k rows below the one predicted (clamped to the last row). With a
             tokenizer whose receptive field is wider than a patch, an object shows in the
@@ -85,6 +94,8 @@ class GPTConfig:
     condition_cell_map: int = 0
     condition_cell_code: int = 16
     condition_cell_lookahead: int = 0
+    condition_cell_read: str = "sigmoid"
+    condition_cell_groups: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.model_type not in ("c2i", "t2i"):
@@ -97,6 +108,21 @@ class GPTConfig:
         if not isinstance(self.condition_cell_lookahead, int) or self.condition_cell_lookahead < 0:
             raise ValueError(
                 f"condition_cell_lookahead must be an integer >= 0 (token rows), got {self.condition_cell_lookahead!r}"
+            )
+        if self.condition_cell_read not in ("sigmoid", "onehot"):
+            raise ValueError(
+                f"condition_cell_read must be 'sigmoid' or 'onehot', got {self.condition_cell_read!r}"
+            )
+        groups = tuple(self.condition_cell_groups)  # json gives a list
+        object.__setattr__(self, "condition_cell_groups", groups)
+        if self.condition_cell_read == "onehot" and (
+            not groups
+            or not all(isinstance(g, int) and g >= 2 for g in groups)
+            or sum(groups) != self.condition_cell_code
+        ):
+            raise ValueError(
+                f"condition_cell_read 'onehot' needs condition_cell_groups of integers >= 2 summing "
+                f"to condition_cell_code={self.condition_cell_code}, got {self.condition_cell_groups!r}"
             )
         if self.dim % self.n_head:
             raise ValueError(f"dim {self.dim} is not divisible by n_head {self.n_head}")

@@ -152,6 +152,20 @@ class CaptionEmbedder(nn.Module):
         self.register_buffer("uncond_embedding", uncond)
 
 
+def onehot_code(logits_BKX: torch.Tensor, groups: tuple[int, ...]) -> torch.Tensor:
+    """Per cell, each group of the code logits as the one-hot of its largest logit (float, same
+    shape); a cell whose first group picks index 0 ("empty") reads index 0 in every group."""
+    parts = logits_BKX.split(groups, dim=-1)
+    hot = [(p == p.amax(-1, keepdim=True)).to(logits_BKX.dtype) for p in parts]
+    # a tie would light two entries; keep only the first (argmax order) so a group sums to 1
+    hot = [h * (h.cumsum(-1) == 1) for h in hot]
+    empty_BK1 = hot[0][..., :1]
+    empty_code = torch.cat(
+        [F.one_hot(torch.zeros((), dtype=torch.long, device=logits_BKX.device), g) for g in groups]
+    )
+    return torch.where(empty_BK1 > 0, empty_code.to(logits_BKX.dtype), torch.cat(hot, -1))
+
+
 class GPT(nn.Module):
     """LlamaGen Transformer speaking the engine protocol (see the module docstring)."""
 
@@ -292,7 +306,10 @@ class GPT(nn.Module):
         """The ``condition_cell_map`` vectors ``[B, n*n, C]`` of a condition (None without the map)."""
         if not self.cfg.condition_cell_map:
             return None
-        return self.cell_embed(self.cell_codes(cond_embs_BLC).sigmoid())
+        logits_BKX = self.cell_codes(cond_embs_BLC)
+        if self.cfg.condition_cell_read == "sigmoid":
+            return self.cell_embed(logits_BKX.sigmoid())
+        return self.cell_embed(onehot_code(logits_BKX, self.cfg.condition_cell_groups))
 
     def cell_codes(self, cond_embs_BLC: torch.Tensor) -> torch.Tensor:
         """Each cell's code logits ``[B, n*n, condition_cell_code]`` (the map's MLP output)."""
