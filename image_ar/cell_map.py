@@ -87,6 +87,11 @@ def pretrain_cell_map(
             f"codes; this GPT has condition_cell_map={gpt.cfg.condition_cell_map}, "
             f"condition_cell_code={gpt.cfg.condition_cell_code}"
         )
+    if gpt.cfg.condition_cell_read == "onehot" and gpt.cfg.condition_cell_groups != LABEL_SIZES:
+        raise ValueError(
+            f"this GPT reads its cell codes as one-hot groups {gpt.cfg.condition_cell_groups}, but the "
+            f"layout code's groups (colour, shape, size) are {LABEL_SIZES}"
+        )
     if len(captions) != word_ids_NL.shape[0] or len(captions) == 0:
         raise ValueError(
             f"need one tokenized row per caption, got {word_ids_NL.shape[0]} rows, {len(captions)} captions"

@@ -16,10 +16,10 @@ from image_ar.train_t2i import TrainConfig, train
 from .conftest import token_file
 
 
-def small_model(cells: int = 3) -> ShapesT2IModel:
+def small_model(cells: int = 3, **gpt_kw) -> ShapesT2IModel:
     torch.manual_seed(0)
     return ShapesT2IModel(
-        t2i_config(dim=32, n_layer=1, n_head=2, image_pos_embedding=True, condition_cell_map=cells)
+        t2i_config(dim=32, n_layer=1, n_head=2, image_pos_embedding=True, condition_cell_map=cells, **gpt_kw)
     )
 
 
@@ -58,6 +58,11 @@ def test_pretraining_needs_a_three_by_three_map_and_matching_inputs():
         pretrain_cell_map(small_model(cells=2), ids, captions, steps=1)
     with pytest.raises(ValueError, match="one tokenized row per caption"):
         pretrain_cell_map(small_model(), ids, captions * 2, steps=1)
+    regrouped = small_model(condition_cell_read="onehot", condition_cell_groups=(4, 9, 3))
+    with pytest.raises(
+        ValueError, match=r"one-hot groups \(4, 9, 3\), but the layout code's groups .* \(9, 4, 3\)"
+    ):
+        pretrain_cell_map(regrouped, ids, captions, steps=1)
 
 
 def test_a_pretrained_map_stays_fixed_while_its_code_embedding_trains(tmp_path, one_thread):

@@ -153,17 +153,13 @@ class CaptionEmbedder(nn.Module):
 
 
 def onehot_code(logits_BKX: torch.Tensor, groups: tuple[int, ...]) -> torch.Tensor:
-    """Per cell, each group of the code logits as the one-hot of its largest logit (float, same
-    shape); a cell whose first group picks index 0 ("empty") reads index 0 in every group."""
-    parts = logits_BKX.split(groups, dim=-1)
-    hot = [(p == p.amax(-1, keepdim=True)).to(logits_BKX.dtype) for p in parts]
-    # a tie would light two entries; keep only the first (argmax order) so a group sums to 1
-    hot = [h * (h.cumsum(-1) == 1) for h in hot]
-    empty_BK1 = hot[0][..., :1]
-    empty_code = torch.cat(
-        [F.one_hot(torch.zeros((), dtype=torch.long, device=logits_BKX.device), g) for g in groups]
-    )
-    return torch.where(empty_BK1 > 0, empty_code.to(logits_BKX.dtype), torch.cat(hot, -1))
+    """Per cell, each group of the code logits as the one-hot of its largest logit (the first
+    on a tie; float, same shape); a cell whose first group picks index 0 ("empty") reads index
+    0 in every group."""
+    index_BKG = torch.stack([p.argmax(-1) for p in logits_BKX.split(groups, dim=-1)], -1)
+    index_BKG = index_BKG.masked_fill(index_BKG[..., :1] == 0, 0)
+    hot = [F.one_hot(index_BKG[..., j], g) for j, g in enumerate(groups)]
+    return torch.cat(hot, -1).to(logits_BKX.dtype)
 
 
 class GPT(nn.Module):
