@@ -35,7 +35,7 @@ bench: setup
 
 # larger LANTERN deltas at the default temperature (same prompts and seeds as `bench`, ar and sjd re-run)
 bench-lantern: setup
-	$(VENV)/bin/mmaccel eval compare --methods "ar,sjd,lantern:lantern_rule=paper,lantern_delta=0.3,lantern:lantern_rule=paper,lantern_delta=0.5,lantern:lantern_rule=paper,lantern_delta=0.8" --prompts 200 --batch 20 --real 1000 --out docs/benchmarks/default_model_lantern_delta
+	$(VENV)/bin/mmaccel eval compare --methods "ar,sjd,lantern:lantern_rule=paper,lantern_delta=0.3,lantern:lantern_rule=paper,lantern_delta=0.5,lantern:lantern_rule=paper,lantern_delta=0.8,lantern:lantern_rule=paper,lantern_delta=1.0,lantern:lantern_rule=paper,lantern_delta=0.8,lantern_k=32" --prompts 200 --batch 20 --real 1000 --out docs/benchmarks/default_model_lantern_delta
 
 lint: setup
 	$(VENV)/bin/ruff check .
