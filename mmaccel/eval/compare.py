@@ -89,7 +89,11 @@ def compare(
                          temperature=temperature, warmup=warmup, device=state.device, progress=progress and state.is_local_main_process,
                          desc=f"compare (process {state.process_index + 1}/{state.num_processes})")  # fmt: skip
     results = gather_results(results, state)
+    # Every process leaves together: a worker that tore its gloo group down and exited while
+    # the main process was still scoring sometimes died with SIGABRT ("terminate called
+    # without an active exception"), failing the whole launch.
     if not state.is_main_process:
+        state.wait_for_everyone()
         return None
     labels = [r.label for r in runs]
     summary = summarise(results, labels, prompts, metrics=metrics, fd_ref=fd_ref, progress=progress)
@@ -107,6 +111,7 @@ def compare(
         meta["fd"] = {"extractor": fd_ref.name, "real_images": fd_ref.real, "real_seed": fd_ref.real_seed,
                       "stats": str(fd_ref.stats_path)}  # fmt: skip
     images = {label: [im for r in in_prompt_order(results, label) for im in r.images] for label in labels}
+    state.wait_for_everyone()
     return Comparison(summary, meta, list(prompts), images)
 
 
