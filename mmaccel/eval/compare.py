@@ -89,11 +89,7 @@ def compare(
                          temperature=temperature, warmup=warmup, device=state.device, progress=progress and state.is_local_main_process,
                          desc=f"compare (process {state.process_index + 1}/{state.num_processes})")  # fmt: skip
     results = gather_results(results, state)
-    # Every process leaves together: a worker that tore its gloo group down and exited while
-    # the main process was still scoring sometimes died with SIGABRT ("terminate called
-    # without an active exception"), failing the whole launch.
     if not state.is_main_process:
-        state.wait_for_everyone()
         return None
     labels = [r.label for r in runs]
     summary = summarise(results, labels, prompts, metrics=metrics, fd_ref=fd_ref, progress=progress)
@@ -111,7 +107,6 @@ def compare(
         meta["fd"] = {"extractor": fd_ref.name, "real_images": fd_ref.real, "real_seed": fd_ref.real_seed,
                       "stats": str(fd_ref.stats_path)}  # fmt: skip
     images = {label: [im for r in in_prompt_order(results, label) for im in r.images] for label in labels}
-    state.wait_for_everyone()
     return Comparison(summary, meta, list(prompts), images)
 
 
@@ -220,6 +215,10 @@ def score_folder(folder: Path, metrics: Sequence[str], fd_ref: FDReference | Non
     return scores
 
 
+def _in_process_group() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
 def _run(argv: list[str] | None, command: str, metrics: Sequence[str]) -> int:
     from mmaccel.eval.commands import add_run_arguments
     from mmaccel.eval.runner import default_prompts
@@ -262,11 +261,17 @@ def _run(argv: list[str] | None, command: str, metrics: Sequence[str]) -> int:
                        seed=args.seed, model=args.model, guidance_scale=args.guidance_scale,
                        temperature=args.temperature, metrics=metrics,
                        fd_ref=fd_ref, noise_floor=args.noise_floor, warmup=args.warmup, cpu=args.cpu)  # fmt: skip
+        if _in_process_group():
+            # leave together: a worker that tore its gloo group down and exited while the main
+            # process was still scoring sometimes died with SIGABRT ("terminate called without
+            # an active exception"), failing the launch. Not on the error path, where the
+            # others may be inside another collective.
+            torch.distributed.barrier()
     except (ValueError, FileNotFoundError) as err:
         print(f"mmaccel eval {command}: error: {err}", file=sys.stderr)
         return 2
     finally:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if _in_process_group():
             torch.distributed.destroy_process_group()
     if comp is None:  # not the main process: rank 0 writes the outputs
         return 0
