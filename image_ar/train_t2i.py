@@ -93,6 +93,11 @@ class TrainConfig:
     knows which cells hold objects (moving one object costs it 28 nats per two-object image)
     but not which object is where (swapping the two costs 1.3), and with the caption in the
     slots the map's binding was worth too little for the GPT to learn to read it.
+    ``init_layers`` (with ``init_from``) grows the model in depth: entry i names the earlier
+    stage's layer that layer i starts from, or is None for a new layer, whose two residual
+    branches (``attention.wo``, ``feed_forward.w2``) start at zero so that it adds nothing and
+    the grown model starts from the earlier stage's function exactly. The earlier layers must
+    each appear once, in their order.
     """
 
     data: str | tuple[str, ...] = "outputs/shapes_tokens_train.pt"
@@ -127,13 +132,14 @@ class TrainConfig:
     reveal_loss_weight: float = 1.0
     reveal_rows: int = 3
     cell_only_prob: float = 0.0
+    init_layers: tuple[int | None, ...] | None = None
 
 
 def load_config(path: str | os.PathLike) -> tuple[ShapesT2IConfig, TrainConfig]:
     """``{"model": t2i_config kwargs, "train": TrainConfig fields}`` from a json file."""
     raw = json.loads(Path(path).read_text())
     train = dict(raw.get("train", {}))
-    for key in ("betas", "data"):
+    for key in ("betas", "data", "init_layers"):
         if isinstance(train.get(key), list):
             train[key] = tuple(train[key])
     return t2i_config(**raw.get("model", {})), TrainConfig(**train)
@@ -246,6 +252,31 @@ def initial_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)["model"]
 
 
+def place_layers(
+    weights: dict[str, torch.Tensor], layer_map: Sequence[int | None], n_layer: int
+) -> tuple[dict[str, torch.Tensor], list[int]]:
+    """Renumber the earlier stage's ``gpt.layers.{j}.*`` to the positions ``layer_map`` gives
+    them (see ``TrainConfig.init_layers``); returns the weights and the new layers' indices."""
+    prefix = "gpt.layers."
+    old_n = 1 + max(
+        (int(k[len(prefix) :].split(".")[0]) for k in weights if k.startswith(prefix)), default=-1
+    )
+    if len(layer_map) != n_layer:
+        raise ValueError(f"init_layers has {len(layer_map)} entries; the model has n_layer={n_layer}")
+    placed = [j for j in layer_map if j is not None]
+    if placed != list(range(old_n)):
+        raise ValueError(
+            f"init_layers {list(layer_map)}: the {old_n} layers of init_from must each appear once, in order "
+            f"(0..{old_n - 1}), the rest None"
+        )
+    out = {k: v for k, v in weights.items() if not k.startswith(prefix)}
+    for i, j in enumerate(layer_map):
+        if j is not None:
+            old = f"{prefix}{j}."
+            out.update({f"{prefix}{i}.{k[len(old) :]}": v for k, v in weights.items() if k.startswith(old)})
+    return out, [i for i, j in enumerate(layer_map) if j is None]
+
+
 def train(
     model_cfg: ShapesT2IConfig,
     cfg: TrainConfig,
@@ -286,11 +317,21 @@ def train(
     ckpt_path = out_dir / CKPT_NAME
     gate_is_new = model_cfg.gpt.condition_rope_gate
     cells_are_new = bool(model_cfg.gpt.condition_cell_map)
+    if cfg.init_layers is not None and cfg.init_from is None:
+        raise ValueError("init_layers needs init_from (the earlier stage whose layers it places)")
     if not ckpt_path.exists() and cfg.init_from is not None:
-        missing, unexpected = model.load_state_dict(initial_weights(cfg.init_from), strict=False)
+        weights, new_layers = initial_weights(cfg.init_from), []
+        if cfg.init_layers is not None:
+            weights, new_layers = place_layers(weights, cfg.init_layers, model_cfg.gpt.n_layer)
+        missing, unexpected = model.load_state_dict(weights, strict=False)
         # only parameters the earlier stage did not have may be missing; they keep their (zero) init
-        if unexpected or any(not k.startswith(NEW_IN_LATER_STAGES) for k in missing):
+        new = NEW_IN_LATER_STAGES + tuple(f"gpt.layers.{i}." for i in new_layers)
+        if unexpected or any(not k.startswith(new) for k in missing):
             raise ValueError(f"init_from {cfg.init_from}: missing {missing}, unexpected {unexpected}")
+        with torch.no_grad():  # a new layer adds nothing until its residual branches learn
+            for i in new_layers:
+                model.gpt.layers[i].attention.wo.weight.zero_()
+                model.gpt.layers[i].feed_forward.w2.weight.zero_()
         gate_is_new = "gpt.condition_rope_gate" in missing
         cells_are_new = "gpt.cell_embed.weight" in missing
         log.info("started from the weights of %s", cfg.init_from)

@@ -232,6 +232,57 @@ def test_a_gated_stage_continues_an_ungated_run_and_moves_its_gate(tmp_path, one
     assert started[0].gpt.condition_rope_gate.item() == 0.25
 
 
+def test_a_deeper_stage_starts_from_the_earlier_function_and_then_moves_its_new_layers(tmp_path, one_thread):
+    """init_layers places the earlier stage's layers; new layers start with zero residual
+    branches (the grown model's logits are the old model's) and then learn."""
+    g = torch.Generator().manual_seed(0)
+    base = dict(data=token_file(tmp_path, 16), vq=None, batch_size=4, warmup_steps=1, heldout_size=4,
+                eval_every=100, log_every=1, lr=1e-3, min_lr_ratio=1.0)  # fmt: skip
+    old, _ = train(t2i_config(dim=32, n_layer=2, n_head=2), TrainConfig(steps=2, **base), tmp_path / "old",
+                   progress=False)  # fmt: skip
+    deep_cfg = t2i_config(dim=32, n_layer=4, n_head=2)
+    cfg = TrainConfig(
+        steps=2, init_from=str(tmp_path / "old" / "ckpt.pt"), init_layers=(0, None, 1, None), **base
+    )
+    deep, _ = train(deep_cfg, cfg, tmp_path / "deep", progress=False, stop_at=0)
+    for i, j in [(0, 0), (2, 1)]:
+        for k, v in old.gpt.layers[j].state_dict().items():
+            assert torch.equal(deep.gpt.layers[i].state_dict()[k], v), (i, k)
+    for i in (1, 3):
+        assert (
+            not deep.gpt.layers[i].attention.wo.weight.any()
+            and not deep.gpt.layers[i].feed_forward.w2.weight.any()
+        )
+        assert deep.gpt.layers[i].attention.wqkv.weight.std() > 0  # the rest is the usual init
+    words, _ = old.tokenize([PROMPT])
+    image_BN = torch.randint(0, 1024, (1, 256), generator=g)
+    with torch.no_grad():
+        torch.testing.assert_close(deep(words, image_BN), old(words, image_BN), atol=1e-5, rtol=0)
+    deep, _ = train(deep_cfg, cfg, tmp_path / "deep", progress=False)
+    assert deep.gpt.layers[1].attention.wo.weight.abs().max() > 0
+    assert deep.gpt.layers[3].feed_forward.w2.weight.abs().max() > 0
+    for n, (bad, match) in enumerate([((0, 1, None), "3 entries; the model has n_layer=4"),
+                       ((1, None, 0, None), "must each appear once, in order"),
+                       ((0, None, 0, None), "must each appear once, in order"),
+                       ((0, None, None, None), "must each appear once, in order")]):  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            train(
+                deep_cfg,
+                dataclasses.replace(cfg, init_layers=bad),
+                tmp_path / f"bad{n}",
+                progress=False,
+                stop_at=0,
+            )
+    with pytest.raises(ValueError, match="init_layers needs init_from"):
+        train(
+            deep_cfg,
+            dataclasses.replace(cfg, init_from=None),
+            tmp_path / "bad_none",
+            progress=False,
+            stop_at=0,
+        )
+
+
 def test_cell_map_parameters_get_their_own_learning_rate_scale():
     """``cell_map_lr_scale`` puts exactly the cell-map MLP in groups of their own (matrices
     decayed, biases not); the rest of the model keeps lr scale 1."""
