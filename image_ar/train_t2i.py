@@ -36,17 +36,13 @@ import torch
 from image_ar.caption_encoder import pretrain, tokenize
 from image_ar.cell_map import pretrain_cell_map
 from image_ar.checkpoint import save_atomic
+from image_ar.stage_init import CELL_MAP_PARAMS, start_from
 from image_ar.t2i_batches import batch_indices, cells_only, cfg_drop, object_weights
 from image_ar.t2i_model import ShapesT2IConfig, ShapesT2IModel, t2i_config
 
 log = logging.getLogger(__name__)
 
 CKPT_NAME = "ckpt.pt"
-# parameters a later stage may add: zero-initialised (the stage starts from the old function),
-# except that the gate starts at TrainConfig.gate_init, the cell map's MLP at its own init (it
-# adds nothing while cell_embed is zero) and cell_embed at TrainConfig.cell_embed_init
-CELL_MAP_PARAMS = ("gpt.cell_map.", "gpt.cell_embed.")
-NEW_IN_LATER_STAGES = ("gpt.image_pos_embedding.", "gpt.condition_rope_gate", *CELL_MAP_PARAMS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,41 +238,6 @@ def evaluate_loss(model: ShapesT2IModel, tokens: torch.Tensor, word_ids: torch.T
     return total / n
 
 
-def initial_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Float32 model state dict from a training ``ckpt.pt`` or an exported ``.safetensors``."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"init_from: {path} does not exist")
-    if path.suffix == ".safetensors":
-        return ShapesT2IModel.load(path).state_dict()
-    return torch.load(path, map_location="cpu", weights_only=True)["model"]
-
-
-def place_layers(
-    weights: dict[str, torch.Tensor], layer_map: Sequence[int | None], n_layer: int
-) -> tuple[dict[str, torch.Tensor], list[int]]:
-    """Renumber the earlier stage's ``gpt.layers.{j}.*`` to the positions ``layer_map`` gives
-    them (see ``TrainConfig.init_layers``); returns the weights and the new layers' indices."""
-    prefix = "gpt.layers."
-    old_n = 1 + max(
-        (int(k[len(prefix) :].split(".")[0]) for k in weights if k.startswith(prefix)), default=-1
-    )
-    if len(layer_map) != n_layer:
-        raise ValueError(f"init_layers has {len(layer_map)} entries; the model has n_layer={n_layer}")
-    placed = [j for j in layer_map if j is not None]
-    if placed != list(range(old_n)):
-        raise ValueError(
-            f"init_layers {list(layer_map)}: the {old_n} layers of init_from must each appear once, in order "
-            f"(0..{old_n - 1}), the rest None"
-        )
-    out = {k: v for k, v in weights.items() if not k.startswith(prefix)}
-    for i, j in enumerate(layer_map):
-        if j is not None:
-            old = f"{prefix}{j}."
-            out.update({f"{prefix}{i}.{k[len(old) :]}": v for k, v in weights.items() if k.startswith(old)})
-    return out, [i for i, j in enumerate(layer_map) if j is None]
-
-
 def train(
     model_cfg: ShapesT2IConfig,
     cfg: TrainConfig,
@@ -320,18 +281,7 @@ def train(
     if cfg.init_layers is not None and cfg.init_from is None:
         raise ValueError("init_layers needs init_from (the earlier stage whose layers it places)")
     if not ckpt_path.exists() and cfg.init_from is not None:
-        weights, new_layers = initial_weights(cfg.init_from), []
-        if cfg.init_layers is not None:
-            weights, new_layers = place_layers(weights, cfg.init_layers, model_cfg.gpt.n_layer)
-        missing, unexpected = model.load_state_dict(weights, strict=False)
-        # only parameters the earlier stage did not have may be missing; they keep their (zero) init
-        new = NEW_IN_LATER_STAGES + tuple(f"gpt.layers.{i}." for i in new_layers)
-        if unexpected or any(not k.startswith(new) for k in missing):
-            raise ValueError(f"init_from {cfg.init_from}: missing {missing}, unexpected {unexpected}")
-        with torch.no_grad():  # a new layer adds nothing until its residual branches learn
-            for i in new_layers:
-                model.gpt.layers[i].attention.wo.weight.zero_()
-                model.gpt.layers[i].feed_forward.w2.weight.zero_()
+        missing = start_from(model, cfg.init_from, cfg.init_layers)
         gate_is_new = "gpt.condition_rope_gate" in missing
         cells_are_new = "gpt.cell_embed.weight" in missing
         log.info("started from the weights of %s", cfg.init_from)
