@@ -1,20 +1,31 @@
 # Everything a new user needs: `make image` (set up + generate an image with the embedded
 # default model) and `make test` (set up + run the tests).
-# The virtual environment lives in .venv; it is rebuilt when pyproject.toml changes.
+#
+# Installs are locked: `requirements.lock` pins every package (transitively, pip and setuptools
+# included) for the Python CI uses (3.11, Linux x86_64). `make setup` builds .venv from it alone,
+# and rebuilds it from scratch whenever pyproject.toml or the lock changes; pyproject.toml keeps
+# the compatible ranges that library users get. `make lock` re-resolves the newest versions the
+# ranges allow and rewrites the lock; `make test-latest` runs the tests on those newest versions
+# in a separate .venv-latest, so a breaking release is met on purpose, not in CI.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+LOCK := requirements.lock
+EXTRAS := dev,eval,demo
 
-.PHONY: setup image test test-slow lint clean bench bench-lantern
+.PHONY: setup image test test-slow test-latest lock lint clean bench bench-lantern
 
 PROMPT ?= a large red circle at the top left on a blue background
 METHOD ?= sjd
 OUT ?= outputs/quickstart.png
 
-$(VENV)/.installed: pyproject.toml
+# --no-build-isolation: the build backend (setuptools) comes from the lock too, not the newest release
+$(VENV)/.installed: pyproject.toml $(LOCK)
+	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,eval]'
+	$(PY) -m pip install --quiet -r $(LOCK)
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
 	touch $@
 
 setup: $(VENV)/.installed
@@ -27,6 +38,27 @@ test: setup
 
 test-slow: setup
 	$(PY) -m pytest -m slow
+
+# The newest versions pyproject.toml allows (not the lock): how the next release of a dependency
+# would land. Prints the packages whose versions differ from the lock; `make lock` adopts them.
+test-latest:
+	rm -rf .venv-latest
+	$(PYTHON) -m venv .venv-latest
+	.venv-latest/bin/python -m pip install --quiet --upgrade pip setuptools
+	.venv-latest/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -e '.[$(EXTRAS)]'
+	.venv-latest/bin/python -m pip freeze --all --exclude-editable | grep -vxFf $(LOCK) | sed 's/^/newer than the lock: /' || true
+	.venv-latest/bin/python -m pytest
+
+# Re-resolve every dependency at the newest versions the ranges allow and write them to the lock.
+lock:
+	rm -rf .venv-lock
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install --quiet --upgrade pip setuptools
+	.venv-lock/bin/python -m pip install --quiet '.[$(EXTRAS)]'
+	{ echo "# Exact versions of every package mmaccel's make targets install (extras $(EXTRAS))."; \
+	  echo "# Written by 'make lock' with $$(.venv-lock/bin/python -c 'import platform; print("Python", platform.python_version(), platform.system(), platform.machine())'); do not edit by hand."; \
+	  .venv-lock/bin/python -m pip freeze --all | grep -v '^mmaccel[ =@]'; } > $(LOCK)
+	rm -rf .venv-lock
 
 BENCH_METHODS ?= ar,sjd,sjd-coupled:init=random,sjd-coupled:init=horizontal,sjd-coupled:init=vertical,lantern:lantern_delta=0.1,lantern:lantern_delta=0.4,lantern:lantern_rule=paper,lantern_delta=0.05,lantern:lantern_rule=paper,lantern_delta=0.1,lantern:lantern_rule=paper,lantern_delta=0.2,zipar:zipar_window=8,zipar:zipar_window=4,zipar:zipar_window=2,zipar:zipar_window=1,zipar+sjd:zipar_window=4,zipar+sjd:zipar_window=3,zipar+sjd:zipar_window=2,zipar+sjd:zipar_window=4,init=vertical,zipar+lantern:zipar_window=2,lantern_rule=paper,lantern_delta=0.1,zipar+lantern:zipar_window=4,lantern_rule=paper,lantern_delta=0.8
 
@@ -42,4 +74,4 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) .venv-latest .venv-lock build *.egg-info .pytest_cache

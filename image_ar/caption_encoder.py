@@ -1,6 +1,6 @@
 """Caption encoder of the embedded Shapes-T2I model: words -> caption features ``[B, L, C]``.
 
-Owns: the word-level tokenizer over ``image_ar.shapes.CAPTION_WORDS`` (lower-case, punctuation
+Owns: the word-level tokenizer over ``mmaccel.image_ar.shapes.CAPTION_WORDS`` (lower-case, punctuation
 stripped, unknown words dropped and returned so the caller can warn) and a small bidirectional
 transformer (word + position embeddings, pre-norm blocks) whose output is the ``caption_dim``
 feature sequence the LlamaGen GPT's official ``CaptionEmbedder`` (``cap_proj``) projects.
@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from image_ar.shapes import CAPTION_WORDS
+from mmaccel.image_ar.shapes import CAPTION_WORDS
 
 PAD_ID = 0
 VOCAB: tuple[str, ...] = ("<pad>", *CAPTION_WORDS)

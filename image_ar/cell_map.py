@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from image_ar.caption_encoder import pretrain_lr
-from image_ar.shapes import COLOURS, POSITIONS, SHAPES, SIZES, parse_caption
+from mmaccel.image_ar.caption_encoder import pretrain_lr
+from mmaccel.image_ar.shapes import COLOURS, POSITIONS, SHAPES, SIZES, parse_caption
 
 # per cell: colour (0 = empty, then COLOURS), shape (0 = empty, then SHAPES), size (likewise)
 LABEL_SIZES: tuple[int, ...] = (len(COLOURS) + 1, len(SHAPES) + 1, len(SIZES) + 1)

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from image_ar.llamagen.engine import ConditionedGPT
-from image_ar.llamagen.vq import VQModel
-from image_ar.shapes import parse_caption
+from mmaccel.image_ar.llamagen.engine import ConditionedGPT
+from mmaccel.image_ar.llamagen.vq import VQModel
+from mmaccel.image_ar.shapes import parse_caption
 from mmaccel.images import ConditionedPrompts
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -78,8 +78,8 @@ class ShapesT2IPipeline:
 
 def load_default(device: str | torch.device = "cpu") -> ShapesT2IPipeline:
     """The shipped default model (fp16 weights, run in float32 on ``device``)."""
-    from image_ar.t2i_model import ShapesT2IModel
-    from image_ar.train_vq import load_trained_vq
+    from mmaccel.image_ar.t2i_model import ShapesT2IModel
+    from mmaccel.image_ar.train_vq import load_trained_vq
 
     for path in (T2I_WEIGHTS, VQ_WEIGHTS):
         if not path.exists():

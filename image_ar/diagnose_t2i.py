@@ -13,7 +13,7 @@ Owns two probes on test-split scenes (exact figures behind ``image_ar/configs/RE
   in the tokens where objects first show (``shapes.reveal_token_mask``) and in the objects'
   own tokens (``shapes.object_token_mask``).
 
-Run:  python -m image_ar.diagnose_t2i --weights image_ar/weights/shapes_t2i.safetensors
+Run:  python -m mmaccel.image_ar.diagnose_t2i --weights image_ar/weights/shapes_t2i.safetensors
 
 Must never: train or modify the model.
 """
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from image_ar.shapes import (
+from mmaccel.image_ar.shapes import (
     COLOURS,
     POSITIONS,
     SHAPES,
@@ -40,7 +40,7 @@ from image_ar.shapes import (
     sample_item,
     to_tensor,
 )
-from image_ar.t2i_model import ShapesT2IModel
+from mmaccel.image_ar.t2i_model import ShapesT2IModel
 
 EDITS = ("swap", "move", "colour_swap", "recolour", "reshape")
 
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.n < 1:
         parser.error(f"--n must be >= 1, got {args.n}")
     torch.set_num_threads(args.threads)
-    from image_ar.train_vq import load_trained_vq
+    from mmaccel.image_ar.train_vq import load_trained_vq
 
     model = ShapesT2IModel.load(args.weights).eval()
     vq = load_trained_vq(args.vq)

@@ -4,9 +4,9 @@ Owns: a reference sampler for ``ShapesT2IModel`` that does not go through the en
 (prefill the L condition slots, then one image token per forward; classifier-free guidance
 as official LlamaGen: ``l = l_u + s * (l_c - l_u)`` on a doubled batch, skipped at s = 1),
 decoding with the VQ, and a CLI that scores held-out (test-split) prompts with
-``mmaccel.eval.prompt_accuracy.report`` for several guidance scales.
+``mmaccel.image_ar.shapes_accuracy.report`` for several guidance scales.
 
-Run:  python -m image_ar.eval_t2i --weights image_ar/weights/shapes_t2i.safetensors \
+Run:  python -m mmaccel.image_ar.eval_t2i --weights image_ar/weights/shapes_t2i.safetensors \
           --vq image_ar/weights/vq_tiny.safetensors --n 100 --cfg 1,2,4
 
 The reference sampler is kept apart from the engine on purpose: it is the oracle that
@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from image_ar.llamagen.vq import VQModel
-from image_ar.t2i_model import ShapesT2IModel
+from mmaccel.image_ar.llamagen.vq import VQModel
+from mmaccel.image_ar.t2i_model import ShapesT2IModel
 from mmaccel.sampling import SamplingConfig, apply_cfg, process_logits, sample
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ def image_grid(images: Sequence[Image.Image], cols: int = 10) -> Image.Image:
 
 def test_prompts(n: int, seed: int = 0) -> list[str]:
     """Captions of test-split items ``0 .. n-1`` (never seen in training)."""
-    from image_ar.shapes import ShapesT2I, caption
+    from mmaccel.image_ar.shapes import ShapesT2I, caption
 
     ds = ShapesT2I(n, seed=seed, split="test")
     return [caption(ds.scene(i)) for i in range(n)]
@@ -107,8 +107,8 @@ def evaluate(
     temperature: float = 1.0,
     top_k: int = 0,
 ) -> tuple[dict[str, float], list[Image.Image]]:
-    """Prompt accuracy (``mmaccel.eval.prompt_accuracy.report``) of one sample per prompt."""
-    from mmaccel.eval.prompt_accuracy import report
+    """Prompt accuracy (``mmaccel.image_ar.shapes_accuracy.report``) of one sample per prompt."""
+    from mmaccel.image_ar.shapes_accuracy import report
 
     images: list[Image.Image] = []
     for s in range(0, len(prompts), batch_size):
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     torch.set_num_threads(args.threads)
-    from image_ar.train_vq import load_trained_vq
+    from mmaccel.image_ar.train_vq import load_trained_vq
 
     model, vq = ShapesT2IModel.load(args.weights), load_trained_vq(args.vq)
     prompts = test_prompts(args.offset + args.n, args.prompt_seed)[args.offset :]

@@ -7,7 +7,7 @@ the caption vocabulary, the train/test split rule, and the torch datasets.
 Must never: touch global RNG state (every draw goes through a seeded ``numpy`` Generator),
 download anything, or print.
 
-Layout rules (``mmaccel.eval.prompt_accuracy`` relies on them):
+Layout rules (``mmaccel.image_ar.shapes_accuracy`` relies on them):
 
 - An object ``s`` px across (small 14, large 26) is centred in its grid cell (cells are 64/3 px);
   the centre is then clamped into ``[s/2, 64 - s/2]`` so the image edge never cuts a shape. A

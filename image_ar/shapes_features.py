@@ -2,7 +2,7 @@
 
 Owns: the CNN whose penultimate 64-d activations are the features, the scene labels it is
 trained to predict (background colour; per grid cell: object colour, shape and size), its
-training run (``python -m image_ar.shapes_features --out ...``) and the loader of the shipped
+training run (``python -m mmaccel.image_ar.shapes_features --out ...``) and the loader of the shipped
 weights. Inception weights cannot be downloaded here, so FID figures made with this network
 compare methods on the same model; they are not comparable with published tables.
 
@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from image_ar.checkpoint import save_safetensors
-from image_ar.shapes import COLOURS, POSITIONS, SHAPES, SIZES, Scene, sample_item, to_tensor
+from mmaccel.image_ar.checkpoint import save_safetensors
+from mmaccel.image_ar.shapes import COLOURS, POSITIONS, SHAPES, SIZES, Scene, sample_item, to_tensor
 
 WEIGHTS = Path(__file__).parent / "weights" / "shapes_features.safetensors"
 _COLOURS, _NO = list(COLOURS), 0  # class 0 of a cell head = empty cell
@@ -137,7 +137,7 @@ def load_feature_net(path: Path | str = WEIGHTS) -> ShapesFeatureNet:
     if not path.exists():
         raise FileNotFoundError(
             f"feature-network weights not found at {path}; train them with "
-            "`python -m image_ar.shapes_features --out PATH`"
+            "`python -m mmaccel.image_ar.shapes_features --out PATH`"
         )
     net = ShapesFeatureNet()
     net.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})

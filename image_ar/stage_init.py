@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from image_ar.t2i_model import ShapesT2IModel
+from mmaccel.image_ar.t2i_model import ShapesT2IModel
 
 # parameters a later stage may add: zero-initialised (the stage starts from the old function),
 # except that the gate starts at TrainConfig.gate_init, the cell map's MLP at its own init (it

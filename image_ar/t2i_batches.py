@@ -2,7 +2,7 @@
 
 Owns: the epoch-wise shuffled data order (``batch_indices``), the per-row draws of CFG dropout
 (``cfg_drop``) and of cells-only rows (``cells_only``), and the per-token loss weights
-(``object_weights``: object and reveal tokens). ``image_ar.train_t2i`` calls them every step;
+(``object_weights``: object and reveal tokens). ``mmaccel.image_ar.train_t2i`` calls them every step;
 a resumed run therefore takes the same batches as an uninterrupted one.
 
 Must never: read test-split scenes.
@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from image_ar.shapes import object_token_mask, parse_caption, reveal_token_mask
+from mmaccel.image_ar.shapes import object_token_mask, parse_caption, reveal_token_mask
 
 
 def batch_indices(data_pos: int, batch: int, n: int, seed: int) -> torch.Tensor:

@@ -28,11 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from image_ar.caption_encoder import CaptionEncoder, CaptionEncoderConfig, tokenize
-from image_ar.checkpoint import save_safetensors
-from image_ar.llamagen.config import GPTConfig
-from image_ar.llamagen.gpt import GPT
-from image_ar.llamagen.loader import check_state_dict, load_state_dict
+from mmaccel.image_ar.caption_encoder import CaptionEncoder, CaptionEncoderConfig, tokenize
+from mmaccel.image_ar.checkpoint import save_safetensors
+from mmaccel.image_ar.llamagen.config import GPTConfig
+from mmaccel.image_ar.llamagen.gpt import GPT
+from mmaccel.image_ar.llamagen.loader import check_state_dict, load_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class ShapesT2IConfig:
     """Caption encoder and GPT sizes; the two must agree on slots and feature width.
 
     ``gpt.cls_token_num == gpt.caption_len == caption.seq_len`` (every caption slot is a
-    condition slot, see ``image_ar.caption_encoder``) and ``gpt.caption_dim == caption.dim``.
+    condition slot, see ``mmaccel.image_ar.caption_encoder``) and ``gpt.caption_dim == caption.dim``.
     """
 
     gpt: GPTConfig

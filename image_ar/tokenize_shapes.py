@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 
-from image_ar.checkpoint import save_atomic
-from image_ar.llamagen.vq import VQModel
-from image_ar.train_vq import batch, load_trained_vq
+from mmaccel.image_ar.checkpoint import save_atomic
+from mmaccel.image_ar.llamagen.vq import VQModel
+from mmaccel.image_ar.train_vq import batch, load_trained_vq
 
 log = logging.getLogger(__name__)
 

@@ -1,16 +1,16 @@
 """Train the Shapes-T2I GPT (+ caption encoder) on pre-tokenized VQ code grids.
 
-Owns: the training loop of the embedded default model (``image_ar.t2i_model``): next-token
+Owns: the training loop of the embedded default model (``mmaccel.image_ar.t2i_model``): next-token
 cross-entropy on the 256 image tokens with the teacher-forced forward, classifier-free-
 guidance dropout (official ``class_dropout_prob``), AdamW with linear warmup + cosine decay,
 checkpoints every few minutes with automatic resume (model, optimizer, step and data
 position), a held-out loss on test-split scenes tokenized with the VQ, and the final fp16
 export with the exact command in its json.
 
-Run:  OMP_WAIT_POLICY=PASSIVE python -m image_ar.train_t2i --config image_ar/configs/t2i_tiny_stage1.json --out-dir outputs/t2i_tiny2 \
-          --weights image_ar/weights/shapes_t2i.safetensors
+Run:  OMP_WAIT_POLICY=PASSIVE python -m mmaccel.image_ar.train_t2i --recipe image_ar/configs/shapes_t2i_recipe.json \
+          --stage 1 --out-dir outputs/t2i_tiny2   (or ``--config FILE``, one full config)
 
-Determinism: the data order and the per-row draws (``image_ar.t2i_batches``) are
+Determinism: the data order and the per-row draws (``mmaccel.image_ar.t2i_batches``) are
 functions of ``(seed, step)``, so a resumed run takes the same batches as an uninterrupted one.
 
 Must never: modify the dataset or the VQ, or read test-split scenes for training.
@@ -33,12 +33,14 @@ from typing import Any
 
 import torch
 
-from image_ar.caption_encoder import pretrain, tokenize
-from image_ar.cell_map import pretrain_cell_map
-from image_ar.checkpoint import save_atomic
-from image_ar.stage_init import CELL_MAP_PARAMS, start_from
-from image_ar.t2i_batches import batch_indices, cells_only, cfg_drop, object_weights
-from image_ar.t2i_model import ShapesT2IConfig, ShapesT2IModel, t2i_config
+from mmaccel.image_ar.caption_encoder import pretrain, tokenize
+from mmaccel.image_ar.cell_map import pretrain_cell_map
+from mmaccel.image_ar.checkpoint import save_atomic
+from mmaccel.image_ar.llamagen.config import GPTConfig
+from mmaccel.image_ar.recipe import add_config_args, check_keys, config_from_args
+from mmaccel.image_ar.stage_init import CELL_MAP_PARAMS, start_from
+from mmaccel.image_ar.t2i_batches import batch_indices, cells_only, cfg_drop, object_weights
+from mmaccel.image_ar.t2i_model import ShapesT2IConfig, ShapesT2IModel, t2i_config
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +52,12 @@ class TrainConfig:
     """Optimisation and bookkeeping.
 
     ``data``: ``torch.save({"tokens": int16 [N, 256], "captions": list[str], ...})``, or a list
-    of such files (e.g. successive item ranges from ``image_ar.tokenize_shapes --start``), used
+    of such files (e.g. successive item ranges from ``mmaccel.image_ar.tokenize_shapes --start``), used
     concatenated in the order given.
     ``vq``: shipped VQ weights (json beside them) used to tokenize the held-out scenes; None
     means a random-init VQ-tiny (only for debugging the script). ``heldout_size`` test-split
     scenes give the held-out loss every ``eval_every`` steps. ``caption_pretrain_steps`` > 0
-    first trains the caption encoder alone (``image_ar.caption_encoder.pretrain``) on the
+    first trains the caption encoder alone (``mmaccel.image_ar.caption_encoder.pretrain``) on the
     training captions; ``freeze_caption_encoder`` then keeps it fixed, as official LlamaGen
     keeps its T5 fixed. ``init_from`` (a ``ckpt.pt`` of an earlier run, or exported
     safetensors) starts the model from those weights instead of random ones -- a continuation
@@ -68,11 +70,11 @@ class TrainConfig:
     ``gate_lr_scale`` multiplies the gate's learning rate (its own AdamW group, no decay);
     ``cell_map_lr_scale`` the ``condition_cell_map`` MLP's (its own groups, usual decay).
     ``cell_map_pretrain_steps`` > 0 first trains the map's MLP to read the caption's layout
-    (``image_ar.cell_map``) and then keeps it frozen (only the zero-initialised code -> vector
+    (``mmaccel.image_ar.cell_map``) and then keeps it frozen (only the zero-initialised code -> vector
     map ``cell_embed`` learns with the GPT); like caption pretraining it runs once, at the
     start, and only in the run that adds the map (a later stage keeps the map frozen as it is).
     ``cell_embed_init`` > 0 starts ``cell_embed`` from N(0, that std) instead of zero when this
-    run adds the map (trained from zero it stayed near zero, see ``image_ar.cell_map``).
+    run adds the map (trained from zero it stayed near zero, see ``mmaccel.image_ar.cell_map``).
     ``object_loss_weight`` w weighs the training loss of tokens whose patch holds an object
     pixel (known from the training caption's scene) w times the background's; the held-out
     loss stays the plain mean. Measured why: swapping where a caption's two objects are cost
@@ -131,14 +133,29 @@ class TrainConfig:
     init_layers: tuple[int | None, ...] | None = None
 
 
-def load_config(path: str | os.PathLike) -> tuple[ShapesT2IConfig, TrainConfig]:
-    """``{"model": t2i_config kwargs, "train": TrainConfig fields}`` from a json file."""
-    raw = json.loads(Path(path).read_text())
+# what a config may set: t2i_config's arguments, the GPTConfig fields it passes on (it sets
+# model_type and cls_token_num itself) and TrainConfig's fields; a recipe is checked against it
+CONFIG_KEYS = {
+    "model": {"dim", "n_layer", "n_head", "caption_len", "caption_dim"}
+    | {f.name for f in dataclasses.fields(GPTConfig)} - {"model_type", "cls_token_num"},
+    "train": {f.name for f in dataclasses.fields(TrainConfig)},
+}
+
+
+def config_from_dict(raw: dict[str, Any]) -> tuple[ShapesT2IConfig, TrainConfig]:
+    """``{"model": t2i_config kwargs, "train": TrainConfig fields}`` (a config file, or a stage
+    of a recipe) -> the two configs; ValueError names a key neither takes."""
+    check_keys(raw, CONFIG_KEYS, "config")
     train = dict(raw.get("train", {}))
     for key in ("betas", "data", "init_layers"):
         if isinstance(train.get(key), list):
             train[key] = tuple(train[key])
     return t2i_config(**raw.get("model", {})), TrainConfig(**train)
+
+
+def load_config(path: str | os.PathLike) -> tuple[ShapesT2IConfig, TrainConfig]:
+    """The configs of a single full config file (json, as ``config_from_dict`` takes)."""
+    return config_from_dict(json.loads(Path(path).read_text()))
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -200,14 +217,14 @@ def heldout_tokens(
         d = torch.load(cache, map_location="cpu", weights_only=True)
         if d.get("vq") == str(cfg.vq):
             return d["tokens"], list(d["captions"])
-    from image_ar.llamagen.vq import VQ_PRESETS, VQModel
-    from image_ar.shapes import caption, sample_item, to_tensor
+    from mmaccel.image_ar.llamagen.vq import VQ_PRESETS, VQModel
+    from mmaccel.image_ar.shapes import caption, sample_item, to_tensor
 
     if cfg.vq is None:
         torch.manual_seed(cfg.seed)
         vq = VQModel(VQ_PRESETS["VQ-tiny"]).eval()
     else:
-        from image_ar.train_vq import load_trained_vq
+        from mmaccel.image_ar.train_vq import load_trained_vq
 
         vq = load_trained_vq(cfg.vq)
     tokens, captions = [], []
@@ -379,7 +396,7 @@ def train(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Train the Shapes-T2I GPT on VQ token grids.")
-    parser.add_argument("--config", type=Path, default=Path("image_ar/configs/t2i_tiny_stage1.json"))
+    add_config_args(parser)
     parser.add_argument("--out-dir", type=Path, default=Path("outputs/t2i_tiny"))
     parser.add_argument("--weights", type=Path, default=None,
                         help="also write the final fp16 weights (+ json) here")  # fmt: skip
@@ -387,14 +404,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     torch.set_num_threads(args.threads)
-    model_cfg, cfg = load_config(args.config)
+    model_cfg, cfg = config_from_dict(config_from_args(parser, args, CONFIG_KEYS)[0])
     model, summary = train(model_cfg, cfg, args.out_dir)
     # OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep instead of spinning, which on a shared
     # 2-core machine made steps ~2.5x faster (measured); record it as part of the command
     env = [f"{k}={os.environ[k]}" for k in ("OMP_WAIT_POLICY",) if k in os.environ]
     meta = {
         "command": " ".join(
-            [*env, "python -m image_ar.train_t2i", shlex.join(sys.argv[1:] if argv is None else argv)]
+            [*env, "python -m mmaccel.image_ar.train_t2i", shlex.join(sys.argv[1:] if argv is None else argv)]
         ),
         "train": dataclasses.asdict(cfg),
         "result": summary,

@@ -39,9 +39,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from image_ar.checkpoint import save_atomic, save_safetensors
-from image_ar.llamagen.vq import VQConfig, VQModel
-from image_ar.shapes import caption, sample_item, to_tensor
+from mmaccel.image_ar.checkpoint import save_atomic, save_safetensors
+from mmaccel.image_ar.llamagen.vq import VQConfig, VQModel
+from mmaccel.image_ar.recipe import RECIPE, read_recipe, tokenizer_config
+from mmaccel.image_ar.shapes import caption, sample_item, to_tensor
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
@@ -82,10 +83,15 @@ class TrainConfig:
             raise ValueError(f"rec_loss must be 'l1' or 'l2', got {self.rec_loss!r}")
 
 
-def load_config(path: str | os.PathLike) -> tuple[VQConfig, TrainConfig]:
-    """``{"model": VQConfig fields, "train": TrainConfig fields}`` from a json file."""
-    raw = json.loads(Path(path).read_text())
+def config_from_dict(raw: dict[str, Any]) -> tuple[VQConfig, TrainConfig]:
+    """``{"model": VQConfig fields, "train": TrainConfig fields}`` (a config file, or the
+    ``tokenizer`` of a recipe) -> the two configs."""
     return vq_config_from_dict(raw["model"]), train_config_from_dict(raw.get("train", {}))
+
+
+def load_config(path: str | os.PathLike) -> tuple[VQConfig, TrainConfig]:
+    """The configs of a json config file (as ``config_from_dict`` takes)."""
+    return config_from_dict(json.loads(Path(path).read_text()))
 
 
 def vq_config_from_dict(d: dict[str, Any]) -> VQConfig:
@@ -287,9 +293,9 @@ def evaluate(model: VQModel, n: int = 500, seed: int = 0, batch_size: int = 100)
 
     ``mse`` / ``psnr`` on [0, 1] pixels after rounding reconstructions to uint8 (psnr is the
     mean over images), ``usage`` = fraction of codes used, ``prompt_accuracy`` and its
-    attribute breakdown from ``mmaccel.eval.prompt_accuracy.report``.
+    attribute breakdown from ``mmaccel.image_ar.shapes_accuracy.report``.
     """
-    from mmaccel.eval.prompt_accuracy import report
+    from mmaccel.image_ar.shapes_accuracy import report
 
     model.eval()
     mse_list, used, recons, prompts = [], torch.zeros(model.cfg.codebook_size, dtype=torch.bool), [], []
@@ -322,7 +328,7 @@ def to_uint8(img_BCHW: torch.Tensor) -> torch.Tensor:
 
 def load_trained_vq(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> VQModel:
     """A VQ written by ``export``: the safetensors plus the ``VQConfig`` in the json beside it."""
-    from image_ar.llamagen.loader import load_vq
+    from mmaccel.image_ar.llamagen.loader import load_vq
 
     path = Path(path)
     meta = json.loads(path.with_suffix(".json").read_text())
@@ -331,7 +337,8 @@ def load_trained_vq(path: str | os.PathLike, dtype: torch.dtype = torch.float32)
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Train the tiny LlamaGen VQ on Shapes-T2I.")
-    parser.add_argument("--config", type=Path, default=Path("image_ar/configs/vq_tiny.json"))
+    parser.add_argument("--recipe", type=Path, default=RECIPE, help="its tokenizer (default: %(default)s)")
+    parser.add_argument("--config", type=Path, help="a single config file instead of --recipe")
     parser.add_argument("--out-dir", type=Path, default=Path("outputs/vq_tiny"))
     parser.add_argument("--weights", type=Path, default=Path("image_ar/weights/vq_tiny.safetensors"))
     parser.add_argument("--eval-n", type=int, default=500, help="test images to evaluate (0 = skip)")
@@ -339,8 +346,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     torch.set_num_threads(args.threads)
-    vq_cfg, cfg = load_config(args.config)
-    command = shlex.join(["python", "-m", "image_ar.train_vq", *(sys.argv[1:] if argv is None else argv)])
+    if args.config is not None:
+        vq_cfg, cfg = load_config(args.config)
+    else:
+        vq_cfg, cfg = config_from_dict(tokenizer_config(read_recipe(args.recipe)))
+    command = shlex.join(
+        ["python", "-m", "mmaccel.image_ar.train_vq", *(sys.argv[1:] if argv is None else argv)]
+    )
     t0 = time.perf_counter()
     model, last = train(vq_cfg, cfg, args.out_dir)
     extra: dict[str, Any] = {

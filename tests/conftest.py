@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from image_ar.shapes import caption, sample_scene
+from mmaccel.image_ar.shapes import caption, sample_scene
 from mmaccel.tiny_lm import TinyLM, TinyLMConfig
 
 
@@ -85,7 +85,7 @@ def random_t2i_model(cell_map: int = 0, cell_embed_std: float = 0.5, blind: bool
     a cell map's last layer and ``cell_embed`` start at zero): ``cell_embed_std`` 0 keeps the
     map adding nothing; ``blind`` zeroes the caption projection, so every caption (and the
     null caption) gives the same condition."""
-    from image_ar.t2i_model import ShapesT2IModel, t2i_config
+    from mmaccel.image_ar.t2i_model import ShapesT2IModel, t2i_config
 
     torch.manual_seed(0)
     model = ShapesT2IModel(t2i_config(dim=32, n_layer=2, n_head=2, image_pos_embedding=True,

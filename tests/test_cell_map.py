@@ -1,4 +1,4 @@
-"""The condition cell map's layout pretraining (image_ar.cell_map) and its use in train_t2i."""
+"""The condition cell map's layout pretraining (mmaccel.image_ar.cell_map) and its use in train_t2i."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import dataclasses
 import pytest
 import torch
 
-from image_ar.caption_encoder import tokenize
-from image_ar.cell_map import layout_labels, pretrain_cell_map
-from image_ar.shapes import COLOURS, SHAPES, caption, sample_scene
-from image_ar.t2i_model import ShapesT2IModel, t2i_config
-from image_ar.train_t2i import TrainConfig, train
+from mmaccel.image_ar.caption_encoder import tokenize
+from mmaccel.image_ar.cell_map import layout_labels, pretrain_cell_map
+from mmaccel.image_ar.shapes import COLOURS, SHAPES, caption, sample_scene
+from mmaccel.image_ar.t2i_model import ShapesT2IModel, t2i_config
+from mmaccel.image_ar.train_t2i import TrainConfig, train
 
 from .conftest import token_file
 

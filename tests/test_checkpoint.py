@@ -1,4 +1,4 @@
-"""image_ar.checkpoint: a save that dies half-way leaves the previous file whole; exported
+"""mmaccel.image_ar.checkpoint: a save that dies half-way leaves the previous file whole; exported
 weights get the umask's mode, not safetensors' 0600."""
 
 import os
@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from image_ar.checkpoint import save_atomic, save_safetensors
+from mmaccel.image_ar.checkpoint import save_atomic, save_safetensors
 
 
 def test_save_atomic_round_trips_and_leaves_no_temporary(tmp_path):

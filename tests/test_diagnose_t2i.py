@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from image_ar.diagnose_t2i import (
+from mmaccel.image_ar.diagnose_t2i import (
     EDITS,
     binding_costs,
     caption_worth,
@@ -24,7 +24,7 @@ from image_ar.diagnose_t2i import (
     swapped,
     token_nats,
 )
-from image_ar.shapes import POSITIONS, caption
+from mmaccel.image_ar.shapes import POSITIONS, caption
 
 from .conftest import random_t2i_model
 

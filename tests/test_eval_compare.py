@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from mmaccel.eval.benchmarks import load_benchmark
 from mmaccel.eval.common import MethodSpec
 from mmaccel.eval.compare import compare, score_folder, write_outputs
 from mmaccel.eval.latency import measure_latency
-from mmaccel.eval.runner import chunk_seed, default_prompts, make_runs, plan_chunks, run_chunks, shard
+from mmaccel.eval.runner import chunk_seed, make_runs, plan_chunks, run_chunks, shard
 from mmaccel.eval.summary import fd_reference, image_digest
 
 from .test_generate_image import pipeline  # noqa: F401  (fixture)
@@ -25,7 +26,7 @@ METHODS = [MethodSpec("sjd", {"window": 4})]
 
 @pytest.fixture(scope="module")
 def prompts():
-    return default_prompts(6)
+    return load_benchmark("shapes-t2i").prompts(6)
 
 
 def test_chunks_cover_the_prompts_and_shards_partition_them():

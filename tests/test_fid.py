@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from image_ar.shapes import sample_item
-from image_ar.shapes_features import load_feature_net
 from mmaccel.eval.fid import frechet_distance, inception_available
+from mmaccel.image_ar.shapes import sample_item
+from mmaccel.image_ar.shapes_features import load_feature_net
 
 
 def images(n: int, start: int = 0, split: str = "test") -> list[Image.Image]:

@@ -9,9 +9,9 @@ import torch
 from PIL import Image
 
 import mmaccel
-from image_ar.default_model import ShapesT2IPipeline
-from image_ar.llamagen.vq import VQConfig, VQModel
-from image_ar.t2i_model import ShapesT2IModel, t2i_config
+from mmaccel.image_ar.default_model import ShapesT2IPipeline
+from mmaccel.image_ar.llamagen.vq import VQConfig, VQModel
+from mmaccel.image_ar.t2i_model import ShapesT2IModel, t2i_config
 
 PROMPTS = ["a large red circle at the top left on a blue background",
            "a small yellow square at the left and a large white triangle at the bottom right on a green background"]  # fmt: skip
@@ -73,9 +73,9 @@ def test_greedy_with_guidance_equals_reference(pipeline, guided_reference, metho
 
 @pytest.mark.parametrize(("scale", "top_k"), [(1.0, 0), (2.0, 0), (2.0, 8)])
 def test_engine_ar_samples_the_same_tokens_as_the_reference_sampler(pipeline, scale, top_k):
-    # image_ar.eval_t2i.sample_tokens is an independent loop (own cache, own CFG); same seed,
+    # mmaccel.image_ar.eval_t2i.sample_tokens is an independent loop (own cache, own CFG); same seed,
     # same random draws in the same order -> the engine's `ar` must give identical tokens
-    from image_ar.eval_t2i import sample_tokens
+    from mmaccel.image_ar.eval_t2i import sample_tokens
 
     out = mmaccel.generate_image(PROMPTS, "ar", model=pipeline, seed=5, guidance_scale=scale, top_k=top_k,
                                  return_output=True)  # fmt: skip

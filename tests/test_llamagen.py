@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from image_ar.llamagen import (
+from mmaccel.image_ar.llamagen import (
     GPT,
     GPT_PRESETS,
     VQ_PRESETS,
@@ -29,7 +29,7 @@ from image_ar.llamagen import (
     gpt_preset,
     rope_2d_table,
 )
-from image_ar.llamagen.gpt import onehot_code
+from mmaccel.image_ar.llamagen.gpt import onehot_code
 from mmaccel.models import CausalLM, as_causal_lm
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "llamagen_official_keys.json").read_text())

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from image_ar.llamagen import load_gpt, load_state_dict, load_vq
+from mmaccel.image_ar.llamagen import load_gpt, load_state_dict, load_vq
 
 from .test_llamagen import condition, gpt_config, random_gpt, random_vq
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from image_ar.shapes import COLOURS, POSITIONS, SHAPES, Scene, caption, render, sample_item
-from mmaccel.eval.prompt_accuracy import ATTRIBUTES, check, report
+from mmaccel.image_ar.shapes import COLOURS, POSITIONS, SHAPES, Scene, caption, render, sample_item
+from mmaccel.image_ar.shapes_accuracy import ATTRIBUTES, check, report
 
 N = 500
 ITEMS = [sample_item(i, seed=0, split="test") for i in range(N // 2)]

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from image_ar import shapes
-from image_ar.shapes import (
+from mmaccel.image_ar import shapes
+from mmaccel.image_ar.shapes import (
     CAPTION_WORDS,
     COLOURS,
     SIZES,

@@ -10,12 +10,19 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from image_ar.caption_encoder import PAD_ID, VOCAB, CaptionEncoder, CaptionEncoderConfig, pretrain, tokenize
-from image_ar.eval_t2i import sample_tokens
-from image_ar.shapes import caption, object_token_mask, parse_caption, reveal_token_mask, sample_scene
-from image_ar.t2i_batches import batch_indices, cells_only, object_weights
-from image_ar.t2i_model import ShapesT2IConfig, ShapesT2IModel, t2i_config
-from image_ar.train_t2i import TrainConfig, load_config, load_tokens, make_optimizer, train
+from mmaccel.image_ar.caption_encoder import (
+    PAD_ID,
+    VOCAB,
+    CaptionEncoder,
+    CaptionEncoderConfig,
+    pretrain,
+    tokenize,
+)
+from mmaccel.image_ar.eval_t2i import sample_tokens
+from mmaccel.image_ar.shapes import caption, object_token_mask, parse_caption, reveal_token_mask, sample_scene
+from mmaccel.image_ar.t2i_batches import batch_indices, cells_only, object_weights
+from mmaccel.image_ar.t2i_model import ShapesT2IConfig, ShapesT2IModel, t2i_config
+from mmaccel.image_ar.train_t2i import TrainConfig, load_config, load_tokens, make_optimizer, train
 
 from .conftest import random_t2i_model, token_file
 

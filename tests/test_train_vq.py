@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from image_ar.llamagen import VQConfig, load_vq
-from image_ar.train_vq import CHECKPOINT, TrainConfig, batch, export, load_trained_vq, to_uint8, train
+from mmaccel.image_ar.llamagen import VQConfig, load_vq
+from mmaccel.image_ar.train_vq import CHECKPOINT, TrainConfig, batch, export, load_trained_vq, to_uint8, train
 
 SHIPPED = Path(__file__).parents[1] / "image_ar" / "weights" / "vq_tiny.safetensors"
 # measured on the shipped weights: mean PSNR 24.6 dB over 500 test images, min 23.3 dB on the
@@ -89,7 +89,7 @@ def test_shipped_vq_reconstructs_test_images():
 
 
 def test_tokenizing_from_a_start_index_continues_the_item_sequence():
-    from image_ar.tokenize_shapes import tokenize
+    from mmaccel.image_ar.tokenize_shapes import tokenize
 
     model = load_trained_vq(SHIPPED)
     whole, whole_caps = tokenize(model, 5, batch_size=2, progress=False)
@@ -100,7 +100,7 @@ def test_tokenizing_from_a_start_index_continues_the_item_sequence():
 
 
 def test_tokenize_cli_rejects_a_negative_start(capsys):
-    from image_ar.tokenize_shapes import main
+    from mmaccel.image_ar.tokenize_shapes import main
 
     with pytest.raises(SystemExit):
         main(["--start", "-3", "--n", "5"])

@@ -6,11 +6,17 @@ Owns: the public names of the family. ``GPT`` speaks the engine protocol
 beyond the protocol and the cache.
 """
 
-from image_ar.llamagen.config import GPT_PRESETS, GPTConfig, gpt_preset
-from image_ar.llamagen.gpt import GPT, condition_padding_mask
-from image_ar.llamagen.loader import check_state_dict, load_gpt, load_state_dict, load_vq, unwrap_state_dict
-from image_ar.llamagen.rope import apply_rope_2d, rope_2d, rope_2d_table
-from image_ar.llamagen.vq import VQ_PRESETS, VQConfig, VQModel
+from mmaccel.image_ar.llamagen.config import GPT_PRESETS, GPTConfig, gpt_preset
+from mmaccel.image_ar.llamagen.gpt import GPT, condition_padding_mask
+from mmaccel.image_ar.llamagen.loader import (
+    check_state_dict,
+    load_gpt,
+    load_state_dict,
+    load_vq,
+    unwrap_state_dict,
+)
+from mmaccel.image_ar.llamagen.rope import apply_rope_2d, rope_2d, rope_2d_table
+from mmaccel.image_ar.llamagen.vq import VQ_PRESETS, VQConfig, VQModel
 
 __all__ = [
     "GPT",

@@ -53,7 +53,7 @@ class GPTConfig:
             gains the map without changing its function. Through the official path every
             image token sees the caption only as one average of the slots, and a tiny model
             did not learn to bind two objects' attributes to their places from it; the MLP
-            can be pretrained to read the layout into the code (``image_ar.cell_map``).
+            can be pretrained to read the layout into the code (``mmaccel.image_ar.cell_map``).
         condition_cell_code: the size of a cell's code (16 for Shapes-T2I: colour, shape and
             size of the object in the cell, each with an "empty" value).
         condition_cell_read: how image tokens read a cell's code logits. "sigmoid" (stages

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from image_ar.llamagen.gpt import GPT
 from mmaccel.cache import StaticKVCache
+from mmaccel.image_ar.llamagen.gpt import GPT
 
 
 class ConditionedGPT:

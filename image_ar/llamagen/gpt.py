@@ -38,9 +38,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from image_ar.llamagen.config import GPTConfig
-from image_ar.llamagen.rope import apply_rope_2d, rope_2d
 from mmaccel.cache import StaticKVCache
+from mmaccel.image_ar.llamagen.config import GPTConfig
+from mmaccel.image_ar.llamagen.rope import apply_rope_2d, rope_2d
 
 
 class RMSNorm(nn.Module):

@@ -28,9 +28,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from image_ar.llamagen.config import GPTConfig
-from image_ar.llamagen.gpt import GPT
-from image_ar.llamagen.vq import VQConfig, VQModel
+from mmaccel.image_ar.llamagen.config import GPTConfig
+from mmaccel.image_ar.llamagen.gpt import GPT
+from mmaccel.image_ar.llamagen.vq import VQConfig, VQModel
 
 log = logging.getLogger(__name__)
 

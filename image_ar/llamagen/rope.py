@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from image_ar.llamagen.config import GPTConfig
+from mmaccel.image_ar.llamagen.config import GPTConfig
 
 
 def rope_frequencies(head_dim: int, base: float, device: torch.device | str | None = None) -> torch.Tensor:

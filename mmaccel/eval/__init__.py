@@ -1,1 +1,2 @@
-"""Evaluation: prompt accuracy, FID, latency / forward-pass / memory benchmarks, plots."""
+"""Evaluation on any registered benchmark (``benchmarks``): latency / forward passes / memory,
+prompt accuracy, Frechet distance, plots."""

@@ -7,9 +7,11 @@ the arguments every generating command shares.
     mmaccel eval accuracy --methods ar,sjd --prompts 200      (or --images DIR)
     accelerate launch --multi_gpu --num_processes 2 -m mmaccel.eval compare --prompts 200
 
-Owns: the command table and the shared run arguments (methods, model, prompt set, batch,
-seed, guidance, threads), so that ``latency`` and ``compare`` read the same prompts with the
-same seeds by construction.
+Owns: the command table and the shared run arguments (methods, benchmark, model, prompt set,
+batch, seed, guidance, threads), so that ``latency`` and ``compare`` read the same prompts with
+the same seeds by construction. ``--benchmark NAME`` picks a registered benchmark (its
+prompts, accuracy checker and FD reference; ``mmaccel.benchmarks`` entry points); the model
+defaults to the benchmark's.
 
 Must never: compute anything; every command lives in its own module.
 """
@@ -66,9 +68,13 @@ DEFAULT_BATCH = 8  # one default for every command, so their chunks (and seeds) 
 
 def add_run_arguments(parser: argparse.ArgumentParser, prompts: int | None) -> None:
     """The options that fix what is generated: same values, same images and forward passes."""
+    from mmaccel.eval.benchmarks import DEFAULT_BENCHMARK, available_benchmarks
+
     parser.add_argument("--methods", default="ar,sjd,sjd-coupled", help="e.g. ar,sjd:window=8,init=vertical")
-    parser.add_argument("--model", default="shapes-t2i")
-    parser.add_argument("--prompts", type=int, default=prompts, help="held-out Shapes-T2I prompts")
+    parser.add_argument("--benchmark", default=DEFAULT_BENCHMARK,
+                        help=f"prompt set and scoring; installed: {', '.join(available_benchmarks())}")  # fmt: skip
+    parser.add_argument("--model", default=None, help="registered image model (default: the benchmark's)")
+    parser.add_argument("--prompts", type=int, default=prompts, help="prompts of the benchmark's set")
     parser.add_argument("--prompt-seed", type=int, default=0, help="dataset seed of the prompt set")
     parser.add_argument("--batch", type=int, default=DEFAULT_BATCH,
                         help="prompts per generate call; results depend on it (chunk seeds), not on processes")  # fmt: skip

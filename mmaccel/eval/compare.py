@@ -1,11 +1,12 @@
 """Compare several methods on one prompt set: speed beside quality, as a table, JSON and plots.
 
 Owns: ``eval compare`` (and its narrower forms ``eval fid`` and ``eval accuracy``, and the
-alias ``eval t2i``): generate the held-out prompts with every method through
+alias ``eval t2i``): generate the benchmark's prompts with every method through
 ``runner.run_chunks`` (seeded chunks, sharded over the processes of ``accelerate launch`` or
-``torchrun``, gathered on the main process), then per method: prompt accuracy (one- and
-two-object prompts, 95% binomial intervals), Frechet distance against real images with a
-named feature network, forward passes per image and their ratio to ``ar``, tokens per
+``torchrun``, gathered on the main process), then per method: prompt accuracy (the
+benchmark's checker, in the columns it declares, with 95% binomial intervals where it gives
+their counts), Frechet distance against the benchmark's real images with a named feature
+network, forward passes per image and their ratio to ``ar``, tokens per
 forward, the accepted-tokens-per-step histogram, and wall-clock per call with its ratio to
 ``ar`` from the same run. ``--noise-floor`` adds ``ar`` with other seeds: how far a lossless
 method may drift by chance alone. The main process writes ``results.md``, ``results.json``,
@@ -13,6 +14,7 @@ method may drift by chance alone. The main process writes ``results.md``, ``resu
 ``eval fid`` / ``eval accuracy`` also score a folder of images (``--images DIR``).
 
 Usage: ``mmaccel eval compare --methods ar,sjd,sjd-coupled:init=vertical --prompts 200``
+(``--benchmark NAME`` picks the prompt set, checker and FD reference; default ``shapes-t2i``)
 
 Must never: reuse a baseline from another run, or hide a method's failure to reach a target.
 """
@@ -34,6 +36,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from mmaccel.eval.benchmarks import DEFAULT_BENCHMARK, AccuracyColumn, Benchmark, load_benchmark, metrics_of
 from mmaccel.eval.common import MethodSpec, markdown_table, parse_methods
 from mmaccel.eval.runner import (
     gather_results,
@@ -59,6 +62,7 @@ class Comparison:
     meta: dict[str, Any]
     prompts: list[str]
     images: dict[str, list[Image.Image]]  # per run label, in prompt order
+    accuracy_columns: tuple[AccuracyColumn, ...] = ()  # how the benchmark shows its accuracy
 
 
 def compare(
@@ -67,7 +71,8 @@ def compare(
     *,
     batch: int = 8,
     seed: int = 0,
-    model: Any = "shapes-t2i",
+    model: Any = None,
+    benchmark: str | Benchmark = DEFAULT_BENCHMARK,
     guidance_scale: float | None = None,
     temperature: float | None = None,
     metrics: Sequence[str] = ALL_METRICS,
@@ -79,8 +84,15 @@ def compare(
 ) -> Comparison | None:
     """Run every method over ``prompts`` (this process's share of the chunks) and score them.
 
+    ``model``: a registered name or an ``ImageModel`` (None: ``benchmark``'s model).
+    ``benchmark`` scores accuracy; FD is against ``fd_ref`` (``summary.fd_reference``).
     Returns the comparison on the main process and None on the others.
     """
+    bench = load_benchmark(benchmark)
+    metrics_of(bench, [m for m in metrics if m == "accuracy"], strict=True)  # fail before generating
+    if "fd" in metrics and fd_ref is None:
+        raise ValueError("metric 'fd' needs an FDReference (summary.fd_reference)")
+    model = bench.model if model is None else model
     state = process_state(cpu)
     runs = make_runs(methods, noise_floor)
     chunks = shard(plan_chunks(len(prompts), batch), state.process_index, state.num_processes)
@@ -92,9 +104,12 @@ def compare(
     if not state.is_main_process:
         return None
     labels = [r.label for r in runs]
-    summary = summarise(results, labels, prompts, metrics=metrics, fd_ref=fd_ref, progress=progress)
+    summary = summarise(
+        results, labels, prompts, metrics=metrics, fd_ref=fd_ref, benchmark=bench, progress=progress
+    )
     device = state.device
     meta = {
+        "benchmark": bench.name,
         "model": model if isinstance(model, str) else getattr(model, "name", type(model).__name__),
         "prompts": len(prompts), "batch": batch, "seed": seed,
         "guidance": image_model.default_guidance if guidance_scale is None else guidance_scale,
@@ -107,23 +122,31 @@ def compare(
         meta["fd"] = {"extractor": fd_ref.name, "real_images": fd_ref.real, "real_seed": fd_ref.real_seed,
                       "stats": str(fd_ref.stats_path)}  # fmt: skip
     images = {label: [im for r in in_prompt_order(results, label) for im in r.images] for label in labels}
-    return Comparison(summary, meta, list(prompts), images)
+    return Comparison(summary, meta, list(prompts), images, bench.accuracy_columns)
 
 
 def _ci(p: float, n: float) -> float:
     return 1.96 * math.sqrt(max(p * (1 - p), 1e-9) / max(n, 1))
 
 
-def to_markdown(summary: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
-    """The results table (columns for the metrics present) and the per-method histograms."""
+def _accuracy_cell(column: AccuracyColumn):
+    if column.n_key is None:
+        return lambda s: s[column.key]
+    return lambda s: f"{s[column.key]:.3f} ± {_ci(s[column.key], s[column.n_key]):.3f}"
+
+
+def to_markdown(
+    summary: dict[str, dict[str, Any]], meta: dict[str, Any], accuracy_columns: Sequence[AccuracyColumn] = ()
+) -> str:
+    """The results table (columns for the metrics present; accuracy as the benchmark's
+    ``accuracy_columns``, default one plain ``accuracy`` column) and the per-method histograms."""
     first = next(iter(summary.values()))
     fd = fd_column(summary)
     headers, cols = ["method"], []
+    accuracy_columns = tuple(accuracy_columns) or (AccuracyColumn("accuracy", "accuracy"),)
     if "accuracy" in first:
-        headers += ["acc 1-obj", "acc 2-obj", "acc all"]
-        cols += [lambda s: f"{s['accuracy_one_object']:.3f} ± {_ci(s['accuracy_one_object'], s['n_one_object']):.3f}",
-                 lambda s: f"{s['accuracy_two_objects']:.3f} ± {_ci(s['accuracy_two_objects'], s['n_two_objects']):.3f}",
-                 lambda s: s["accuracy"]]  # fmt: skip
+        headers += [c.header for c in accuracy_columns]
+        cols += [_accuracy_cell(c) for c in accuracy_columns]
     if fd:
         headers.append(fd[1])
         cols.append(lambda s: s[fd[0]])
@@ -138,7 +161,7 @@ def to_markdown(summary: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str
         f"{k} {'model default' if v is None else v}" for k, v in meta.items() if not isinstance(v, dict)
     )
     text = f"{head}\n\n{markdown_table(headers, rows)}\n"
-    if "accuracy" in first:
+    if "accuracy" in first and any(c.n_key for c in accuracy_columns):
         text += "\n(± is the 95% binomial interval.)\n"
     if "accepted_histogram" in first:
         lines = []
@@ -173,7 +196,7 @@ def write_outputs(
     from mmaccel.eval.plots import plot_histograms, plot_speed_quality
 
     out.mkdir(parents=True, exist_ok=True)
-    md = to_markdown(comp.summary, comp.meta)
+    md = to_markdown(comp.summary, comp.meta, comp.accuracy_columns)
     written = [out / "results.md", out / "results.json"]
     written[0].write_text(md)
     written[1].write_text(
@@ -195,10 +218,10 @@ def write_outputs(
     return written
 
 
-def score_folder(folder: Path, metrics: Sequence[str], fd_ref: FDReference | None,
-                 prompt_file: Path | None = None) -> dict[str, Any]:  # fmt: skip
-    """Accuracy and/or FD of the ``*.png`` images of ``folder`` (sorted by name); accuracy pairs
-    them with the lines of ``prompt_file`` (default ``folder/prompts.txt``)."""
+def score_folder(folder: Path, metrics: Sequence[str], fd_ref: FDReference | None, prompt_file: Path | None = None,
+                 benchmark: str | Benchmark = DEFAULT_BENCHMARK) -> dict[str, Any]:  # fmt: skip
+    """Accuracy (``benchmark``'s checker) and/or FD of the ``*.png`` images of ``folder`` (sorted
+    by name); accuracy pairs them with the lines of ``prompt_file`` (default ``folder/prompts.txt``)."""
     from mmaccel.eval.summary import accuracy, frechet
 
     paths = sorted(folder.glob("*.png"))
@@ -209,7 +232,7 @@ def score_folder(folder: Path, metrics: Sequence[str], fd_ref: FDReference | Non
     if "accuracy" in metrics:
         prompt_file = prompt_file or folder / "prompts.txt"
         prompts = [line for line in prompt_file.read_text().splitlines() if line.strip()]
-        scores.update(accuracy(images, prompts))
+        scores.update(accuracy(images, prompts, benchmark))
     if "fd" in metrics and fd_ref is not None:
         scores[f"fd_{fd_ref.name.lower()}"] = frechet(images, fd_ref, progress=True)
     return scores
@@ -221,7 +244,6 @@ def _in_process_group() -> bool:
 
 def _run(argv: list[str] | None, command: str, metrics: Sequence[str]) -> int:
     from mmaccel.eval.commands import add_run_arguments
-    from mmaccel.eval.runner import default_prompts
 
     parser = argparse.ArgumentParser(prog=f"mmaccel eval {command}", description=__doc__.splitlines()[0])
     add_run_arguments(parser, prompts=200)
@@ -231,9 +253,12 @@ def _run(argv: list[str] | None, command: str, metrics: Sequence[str]) -> int:
     parser.add_argument("--save-images", action="store_true", help="also save every image with prompts.txt")
     parser.add_argument("--cpu", action="store_true", help="run on the CPU even where CUDA exists")
     if "fd" in metrics:
-        parser.add_argument("--extractor", default="shapesnet", choices=["shapesnet", "inception"])
+        parser.add_argument("--extractor", default=None,
+                            help="the benchmark's feature network (shapesnet for shapes-t2i; the default) or inception")  # fmt: skip
         parser.add_argument("--real", type=int, default=1000, help="real images for the Frechet distance")
-        parser.add_argument("--real-seed", type=int, default=1, help="dataset seed of the real images")
+        parser.add_argument(
+            "--real-seed", type=int, default=1, help="the benchmark's seed of the real images"
+        )
         parser.add_argument("--real-stats", type=Path, default=None,
                             help="cache file of the real-image statistics (default: ~/.cache/mmaccel/...)")  # fmt: skip
     if command in ("fid", "accuracy"):
@@ -248,17 +273,20 @@ def _run(argv: list[str] | None, command: str, metrics: Sequence[str]) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
+        bench = load_benchmark(args.benchmark)
+        # compare shows what the benchmark can score; fid and accuracy insist on their metric
+        metrics = metrics_of(bench, metrics, strict=command != "compare")
         fd_ref = (
-            fd_reference(args.extractor, args.real, args.real_seed, args.real_stats)
+            fd_reference(bench, args.extractor, args.real, args.real_seed, args.real_stats)
             if "fd" in metrics
             else None
         )
         if getattr(args, "images", None) is not None:
-            scores = score_folder(args.images, metrics, fd_ref, args.prompt_file)
+            scores = score_folder(args.images, metrics, fd_ref, args.prompt_file, bench)
             print(markdown_table(["folder", *scores], [[str(args.images), *scores.values()]]))
             return 0
-        comp = compare(parse_methods(args.methods), default_prompts(args.prompts, args.prompt_seed), batch=args.batch,
-                       seed=args.seed, model=args.model, guidance_scale=args.guidance_scale,
+        comp = compare(parse_methods(args.methods), bench.prompts(args.prompts, args.prompt_seed), batch=args.batch,
+                       seed=args.seed, model=args.model, benchmark=bench, guidance_scale=args.guidance_scale,
                        temperature=args.temperature, metrics=metrics,
                        fd_ref=fd_ref, noise_floor=args.noise_floor, warmup=args.warmup, cpu=args.cpu)  # fmt: skip
         if _in_process_group():
@@ -277,7 +305,7 @@ def _run(argv: list[str] | None, command: str, metrics: Sequence[str]) -> int:
         return 0
     comp.meta["prompt_seed"] = args.prompt_seed
     written = write_outputs(comp, args.out, args.grid, args.save_images)
-    print(to_markdown(comp.summary, comp.meta))
+    print(to_markdown(comp.summary, comp.meta, comp.accuracy_columns))
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
 

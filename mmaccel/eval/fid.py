@@ -65,7 +65,7 @@ def make_metric(extractor: nn.Module | None = None, name: str | None = None):
         if not inception_available():
             raise ValueError(
                 "Inception weights are not on this machine and cannot be downloaded; pass a feature "
-                "extractor (e.g. image_ar.shapes_features.load_feature_net())"
+                "extractor (e.g. a benchmark's feature network: mmaccel.eval.benchmarks.FeatureNet.load())"
             )
         return FrechetInceptionDistance(
             feature=2048, normalize=True, sync_on_compute=False

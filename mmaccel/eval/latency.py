@@ -8,6 +8,7 @@ all of them alike; medians over chunks and repeats (repeats re-time the same see
 is always ``median(ar) / median(method)`` from the same run.
 
 Usage: ``mmaccel eval latency --methods ar,sjd,sjd-coupled:init=vertical --prompts 8 --batch 8``
+(prompts and model from ``--benchmark``, default ``shapes-t2i``)
 
 Must never: assert on timings, or compare against a baseline measured in another run.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 import platform
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,10 +26,10 @@ from typing import Any
 import torch
 
 from mmaccel.eval.common import MethodSpec, markdown_table, parse_methods
-from mmaccel.eval.runner import default_prompts, make_runs, plan_chunks, run_chunks
+from mmaccel.eval.runner import make_runs, plan_chunks, run_chunks
 from mmaccel.eval.summary import speed_stats
 
-__all__ = ["LatencyRow", "default_prompts", "format_rows", "measure_latency", "main"]
+__all__ = ["LatencyRow", "format_rows", "measure_latency", "main"]
 log = logging.getLogger(__name__)
 
 
@@ -53,7 +55,7 @@ class LatencyRow:
 def measure_latency(
     methods: Sequence[MethodSpec],
     prompts: Sequence[str],
-    model: Any = "shapes-t2i",
+    model: Any = None,
     repeats: int = 3,
     seed: int = 0,
     guidance_scale: float | None = None,
@@ -64,7 +66,8 @@ def measure_latency(
     warmup: bool = True,
 ) -> list[LatencyRow]:
     """Median statistics per method over ``repeats`` passes over ``prompts`` in chunks of
-    ``batch`` (default: all prompts in one call); ``ar`` is added when missing."""
+    ``batch`` (default: all prompts in one call) on ``model`` (a registered name or an
+    ``ImageModel``; None: the library's default); ``ar`` is added when missing."""
     runs = make_runs(methods)
     chunks = plan_chunks(len(prompts), batch or len(prompts))
     results = run_chunks(runs, prompts, chunks, model=model, seed=seed, guidance_scale=guidance_scale,
@@ -84,7 +87,9 @@ def format_rows(rows: Sequence[LatencyRow]) -> str:
     return markdown_table(LatencyRow.HEADERS, [r.cells() for r in rows])
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """``mmaccel eval latency``: the latency table of the benchmark's prompts; 2 on a bad argument."""
+    from mmaccel.eval.benchmarks import load_benchmark
     from mmaccel.eval.commands import add_run_arguments
 
     parser = argparse.ArgumentParser(prog="mmaccel eval latency", description=__doc__.splitlines()[0])
@@ -95,14 +100,21 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.ERROR)
-    rows = measure_latency(parse_methods(args.methods), default_prompts(args.prompts, args.prompt_seed), args.model,
-                           args.repeats, args.seed, args.guidance_scale, args.temperature, batch=args.batch,
-                           warmup=args.warmup)  # fmt: skip
-    print(f"model {args.model}, {args.prompts} prompts (prompt seed {args.prompt_seed}) in batches of {args.batch}, "
-          f"seed {args.seed}, {args.repeats} repeats, {platform.machine()} CPU, "
+    try:
+        bench = load_benchmark(args.benchmark)
+        model = args.model or bench.model
+        rows = measure_latency(parse_methods(args.methods), bench.prompts(args.prompts, args.prompt_seed), model,
+                               args.repeats, args.seed, args.guidance_scale, args.temperature, batch=args.batch,
+                               warmup=args.warmup)  # fmt: skip
+    except (ValueError, FileNotFoundError) as err:
+        print(f"mmaccel eval latency: error: {err}", file=sys.stderr)
+        return 2
+    print(f"benchmark {bench.name}, model {model}, {args.prompts} prompts (prompt seed {args.prompt_seed}) in "
+          f"batches of {args.batch}, seed {args.seed}, {args.repeats} repeats, {platform.machine()} CPU, "
           f"torch threads {torch.get_num_threads()}")  # fmt: skip
     print(format_rows(rows))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,6 +1,6 @@
 """Running several methods over one prompt set, in fixed seeded chunks, sharded over processes.
 
-Owns: the evaluation prompt set, the chunk plan and each chunk's seed, the split of chunks
+Owns: the chunk plan and each chunk's seed, the split of chunks
 over processes (``accelerate launch`` / ``torchrun``), the loop that calls ``generate_image``
 for every (chunk, method) with warm-up, interleaving and peak-memory metering, and gathering
 the per-chunk records on the main process. ``eval latency``, ``eval compare``, ``eval fid``
@@ -17,7 +17,8 @@ the same images, forward passes, prompt accuracy and FD as one process (on CPU a
 thread count; GPU kernels of different devices need not agree to the last bit). Repeats
 (``eval latency``) reuse the same seeds: they re-time identical work.
 
-Must never: compute a quality figure, print, or compare against a baseline from another run.
+Must never: compute a quality figure, choose prompts (a benchmark plug-in does, see
+``benchmarks``), print, or compare against a baseline from another run.
 """
 
 from __future__ import annotations
@@ -73,14 +74,6 @@ class ChunkResult:
     accepted_histogram: list[int]  # verify steps of the call by tokens emitted
 
 
-def default_prompts(n: int, prompt_seed: int = 0) -> list[str]:
-    """The first ``n`` held-out (test-split) Shapes-T2I captions of dataset seed ``prompt_seed``."""
-    from image_ar.shapes import ShapesT2I, caption
-
-    data = ShapesT2I(n, seed=prompt_seed, split="test")
-    return [caption(data.scene(i)) for i in range(n)]
-
-
 def make_runs(methods: Sequence[MethodSpec], noise_floor: bool = False) -> list[Run]:
     """Runs for ``methods`` with plain ``ar`` first when absent (every ratio is against it);
     ``noise_floor`` appends ``ar`` with other seeds."""
@@ -113,8 +106,8 @@ def chunk_seed(seed: int, start: int) -> int:
 
 
 def shard(chunks: Sequence[Chunk], rank: int, world: int) -> list[Chunk]:
-    """The chunks process ``rank`` of ``world`` generates (round robin, so one- and two-object
-    prompts spread evenly)."""
+    """The chunks process ``rank`` of ``world`` generates (round robin, so the kinds of prompt a
+    prompt set mixes spread evenly)."""
     if not 0 <= rank < world:
         raise ValueError(f"rank {rank} is not in a world of {world} processes")
     return list(chunks[rank::world])
@@ -132,12 +125,14 @@ def _load_on_device(name: str, device: str) -> Any:
     raise ValueError(f"unknown model {name!r}; available models: {', '.join(available_models()) or 'none'}")
 
 
-def resolve_model(model: Any, device: torch.device | str = "cpu") -> Any:
+def resolve_model(model: Any = None, device: torch.device | str = "cpu") -> Any:
     """A model name or ``ImageModel`` -> an ``ImageModel`` on ``device`` (names only: an object
-    is used as given). Registered loaders take ``device=``."""
+    is used as given; None: the library's default model). Registered loaders take ``device=``."""
+    from mmaccel.images import DEFAULT_MODEL, load_model
+
+    model = DEFAULT_MODEL if model is None else model
     if not isinstance(model, str):
         return model
-    from mmaccel.images import load_model
 
     device = torch.device(device)
     return load_model(model) if device.type == "cpu" else _load_on_device(model, str(device))
@@ -148,7 +143,7 @@ def run_chunks(
     prompts: Sequence[str],
     chunks: Sequence[Chunk],
     *,
-    model: Any = "shapes-t2i",
+    model: Any = None,
     seed: int = 0,
     guidance_scale: float | None = None,
     temperature: float | None = None,
@@ -159,6 +154,8 @@ def run_chunks(
     desc: str = "generate",
 ) -> list[ChunkResult]:
     """Generate every chunk with every run, ``repeats`` times, and record each call.
+
+    ``model``: a registered model name or an ``ImageModel`` (None: the library's default).
 
     Warm-up first (one call per run on the first chunk: allocations, lazy loading, kernel
     selection). Then, per repeat and chunk, the runs are interleaved so that drift in machine

@@ -2,19 +2,22 @@
 
 Owns: the speed statistics every command reports (forward passes per image, tokens per
 forward, wall-clock per call, images/s, peak memory, ratios against ``ar`` from the same
-records), prompt accuracy (``prompt_accuracy.report``), and the Frechet distance against real
-Shapes-T2I test images under a named feature extractor, with the real images' statistics
-cached to a file whose name carries the extractor, a fingerprint of its weights, the number of
-real images and their seed.
+records), prompt accuracy (the benchmark's checker, see ``benchmarks.Benchmark``), and the
+Frechet distance against the benchmark's real images under a named feature extractor (its own
+network or Inception), with the real images' statistics cached to a file whose name carries
+the benchmark, the extractor, a fingerprint of its weights, the number of real images and
+their seed.
 
-Must never: generate images, print, or mix records of different runs into one figure.
+Must never: generate images, print, know a dataset (the benchmark supplies prompts, checker,
+feature network and real images), or mix records of different runs into one figure.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,8 +27,11 @@ from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
+from mmaccel.eval.benchmarks import DEFAULT_BENCHMARK, INCEPTION, Benchmark, load_benchmark, metrics_of
 from mmaccel.eval.common import median
 from mmaccel.eval.runner import ChunkResult, in_prompt_order
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -36,7 +42,9 @@ class FDReference:
     name: str  # the label every FD figure carries, e.g. "ShapesNet"
     stats_path: Path  # cached real-image feature statistics
     real: int  # number of real images
-    real_seed: int  # Shapes-T2I dataset seed of the real (test-split) images
+    real_seed: int  # the benchmark's seed of the real images
+    benchmark: str  # whose real images
+    real_images: Callable[[int, int], Sequence[Image.Image]]  # (n, seed) -> real images
 
 
 def default_cache_dir() -> Path:
@@ -53,58 +61,65 @@ def fingerprint(module: nn.Module) -> str:
     return h.hexdigest()[:10]
 
 
-def fd_reference(extractor: str = "shapesnet", real: int = 1000, real_seed: int = 1,
-                 stats_path: Path | str | None = None) -> FDReference:  # fmt: skip
-    """The FD reference for ``extractor`` (``"shapesnet"``: the feature network trained here on
-    Shapes-T2I; ``"inception"``: torchmetrics' Inception, if its weights are present)."""
+def fd_reference(benchmark: str | Benchmark = DEFAULT_BENCHMARK, extractor: str | None = None, real: int = 1000,
+                 real_seed: int = 1, stats_path: Path | str | None = None) -> FDReference:  # fmt: skip
+    """The FD reference of ``benchmark``: its real images under ``extractor``.
+
+    ``extractor``: the benchmark's own feature network (by lower-case name, e.g.
+    ``"shapesnet"``; the default when it has one) or ``"inception"`` (torchmetrics' Inception,
+    only where its weights are present). The statistics cache file is named after the
+    benchmark, the extractor, a fingerprint of its weights, ``real`` and ``real_seed``.
+    """
+    bench = load_benchmark(benchmark)
+    metrics_of(bench, ["fd"], strict=True)
+    extractor = extractor or bench.extractors[0]
     if real < 2:
         raise ValueError(f"the Frechet distance needs at least 2 real images, got {real}")
-    if extractor == "shapesnet":
-        from image_ar.shapes_features import load_feature_net
-
-        net: nn.Module | None = load_feature_net()
-        name, tag = "ShapesNet", fingerprint(net)
-    elif extractor == "inception":
+    if bench.feature_net is not None and extractor == bench.feature_net.key:
+        net: nn.Module | None = bench.feature_net.load()
+        name, tag = bench.feature_net.name, fingerprint(net)
+    elif extractor == INCEPTION:
         from mmaccel.eval.fid import inception_available
 
         if not inception_available():
-            raise ValueError(
-                "Inception weights are not on this machine and cannot be downloaded; use shapesnet"
-            )
+            raise ValueError("Inception weights are not on this machine and cannot be downloaded; use "
+                             + (bench.feature_net.key if bench.feature_net else "a benchmark with a feature network"))  # fmt: skip
         net, name, tag = None, "Inception", "torchmetrics"
     else:
-        raise ValueError(f"unknown feature extractor {extractor!r}; use shapesnet or inception")
-    path = (
-        Path(stats_path)
-        if stats_path
-        else default_cache_dir() / f"fd_{name}_{tag}_real{real}_seed{real_seed}.pt"
-    )
-    return FDReference(net, name, path, real, real_seed)
-
-
-def real_images(n: int, seed: int = 1, progress: bool = False) -> list[Image.Image]:
-    """``n`` rendered test-split Shapes-T2I scenes of dataset seed ``seed``."""
-    from image_ar.shapes import sample_item
-
-    return [Image.fromarray(sample_item(i, seed, "test")[1])
-            for i in tqdm(range(n), desc="real images", disable=not progress, leave=False)]  # fmt: skip
+        raise ValueError(f"unknown feature extractor {extractor!r} for benchmark {bench.name!r}; "
+                         f"use {' or '.join(bench.extractors)}")  # fmt: skip
+    default = default_cache_dir() / f"fd_{bench.name}_{name}_{tag}_real{real}_seed{real_seed}.pt"
+    path = Path(stats_path) if stats_path else default
+    return FDReference(net, name, path, real, real_seed, bench.name, bench.real_images)
 
 
 def frechet(images: Sequence[Image.Image], ref: FDReference, progress: bool = False) -> float:
-    """FD of ``images`` against ``ref`` (real images rendered only when the cache is missing)."""
+    """FD of ``images`` against ``ref`` (real images made only when the cache is missing)."""
     from mmaccel.eval.fid import frechet_distance
 
-    reals = None if ref.stats_path.exists() else real_images(ref.real, ref.real_seed, progress)
+    reals = None
+    if not ref.stats_path.exists():
+        log.info("making %d real images of %s (seed %d)", ref.real, ref.benchmark, ref.real_seed)
+        reals = ref.real_images(ref.real, ref.real_seed)
     return frechet_distance(
         images, reals, extractor=ref.extractor, name=ref.name, real_stats=ref.stats_path
     ).fid
 
 
-def accuracy(images: Sequence[Image.Image], prompts: Sequence[str]) -> dict[str, float]:
-    """Prompt accuracy (``prompt_accuracy.report``) of images paired with prompts."""
-    from mmaccel.eval.prompt_accuracy import report
-
-    return report(list(images), list(prompts))
+def accuracy(
+    images: Sequence[Image.Image], prompts: Sequence[str], benchmark: str | Benchmark = DEFAULT_BENCHMARK
+) -> dict[str, float]:
+    """The benchmark's prompt accuracy of images paired with prompts (must hold ``"accuracy"``)."""
+    bench = load_benchmark(benchmark)
+    metrics_of(bench, ["accuracy"], strict=True)
+    if len(images) != len(prompts):
+        raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
+    figures = dict(bench.accuracy(list(images), list(prompts)))
+    if "accuracy" not in figures:
+        raise ValueError(
+            f"benchmark {bench.name!r}: its accuracy gave no 'accuracy' figure ({', '.join(figures)})"
+        )
+    return figures
 
 
 def speed_stats(rows: Sequence[ChunkResult], ar_rows: Sequence[ChunkResult]) -> dict[str, Any]:
@@ -163,11 +178,14 @@ def summarise(
     *,
     metrics: Sequence[str] = ("speed", "accuracy", "fd"),
     fd_ref: FDReference | None = None,
+    benchmark: str | Benchmark = DEFAULT_BENCHMARK,
     progress: bool = True,
 ) -> dict[str, dict[str, Any]]:
-    """Figures per run label (``ar`` must be among them): ``metrics`` chooses speed, accuracy, fd."""
+    """Figures per run label (``ar`` must be among them): ``metrics`` chooses speed, accuracy
+    (``benchmark``'s checker) and fd (against ``fd_ref``)."""
     if "fd" in metrics and fd_ref is None:
         raise ValueError("metric 'fd' needs an FDReference")
+    bench = load_benchmark(benchmark) if "accuracy" in metrics else None
     by_label = {label: [r for r in results if r.label == label] for label in labels}
     if "ar" not in by_label or not by_label["ar"]:
         raise ValueError("the records hold no plain 'ar' run; every ratio is against it")
@@ -179,7 +197,7 @@ def summarise(
             raise RuntimeError(f"{label!r}: {len(images)} images for {len(prompts)} prompts")
         s: dict[str, Any] = {"images_sha1": image_digest(images)}
         if "accuracy" in metrics:
-            s.update(accuracy(images, prompts))
+            s.update(accuracy(images, prompts, bench))
         if fd_ref is not None and "fd" in metrics:
             s[f"fd_{fd_ref.name.lower()}"] = frechet(images, fd_ref, progress)
             s["fd_extractor"] = fd_ref.name

@@ -2,8 +2,8 @@
 
 Owns: a model-free checker that reads a (possibly generated, imperfect) image back into
 colours, shapes, sizes and positions and compares them with the scene its prompt describes
-(``image_ar.shapes`` grammar), and the aggregate ``report`` that sits beside FID when a lossy
-method is compared with ``ar``.
+(``shapes`` grammar), and the aggregate ``report`` that sits beside FID when a lossy method is
+compared with ``ar`` (the ``shapes-t2i`` benchmark's accuracy, see ``shapes_benchmark``).
 
 How an image is read (thresholds measured on rendered ground-truth scenes, see tests):
 
@@ -28,8 +28,7 @@ How an image is read (thresholds measured on rendered ground-truth scenes, see t
 6. Count: the number of blobs equals the number of named objects (nothing extra drawn).
 
 Must never: need a model or weights, modify the images it is given, or print. It needs
-``scipy`` (the ``eval`` extra). ``image_ar`` is imported inside functions only, so importing
-this module keeps the rule that ``mmaccel`` does not depend on a model family at import time.
+``scipy`` (the ``eval`` extra).
 """
 
 from __future__ import annotations
@@ -37,13 +36,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
-if TYPE_CHECKING:
-    from image_ar.shapes import ShapeObject
+from mmaccel.image_ar.shapes import CELL_PX, COLOURS, IMAGE_SIZE, POSITIONS, ShapeObject, parse_caption
 
 ATTRIBUTES: tuple[str, ...] = ("colour", "position", "shape", "size", "background", "count")
 
@@ -125,8 +122,6 @@ class PromptCheck:
 
 def to_array(image: Image.Image | np.ndarray) -> np.ndarray:
     """uint8 ``[64, 64, 3]`` RGB from a PIL image or an ``[H, W, 3]`` uint8 array of any size."""
-    from image_ar.shapes import IMAGE_SIZE
-
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"expected a uint8 [H, W, 3] array, got {image.dtype} {image.shape}")
@@ -139,8 +134,6 @@ def to_array(image: Image.Image | np.ndarray) -> np.ndarray:
 
 def classify_pixels(image_HWC: np.ndarray) -> np.ndarray:
     """``[H, W]`` int labels: the index (in ``COLOURS`` order) of each pixel's nearest colour."""
-    from image_ar.shapes import COLOURS
-
     palette_KC = np.asarray(list(COLOURS.values()), dtype=np.float32)
     dist_HWK = ((image_HWC[:, :, None, :].astype(np.float32) - palette_KC) ** 2).sum(-1)
     return dist_HWK.argmin(-1)
@@ -149,8 +142,6 @@ def classify_pixels(image_HWC: np.ndarray) -> np.ndarray:
 def find_blobs(labels_HW: np.ndarray, background: int, config: CheckerConfig) -> list[Blob]:
     """Blobs of every non-background label (see the module docstring), largest first."""
     from scipy import ndimage
-
-    from image_ar.shapes import COLOURS
 
     eight = np.ones((3, 3), dtype=bool)
     found: list[tuple[Blob, np.ndarray]] = []
@@ -192,8 +183,6 @@ def _drop_edge_artefacts(
     of it, in a colour lying between its colour and the background's (purple around red on
     blue). ``found`` is sorted largest first, so every blob is compared with kept larger ones."""
     from scipy import ndimage
-
-    from image_ar.shapes import COLOURS
 
     def rgb(name: str) -> np.ndarray:
         return np.asarray(COLOURS[name], dtype=np.float64)
@@ -241,8 +230,6 @@ def blob_size(blob: Blob, config: CheckerConfig) -> str:
 
 def blob_position(blob: Blob) -> str:
     """The grid position (a ``POSITIONS`` name) of the cell holding the blob's centroid."""
-    from image_ar.shapes import CELL_PX, POSITIONS
-
     x, y = blob.centroid
     col = min(int(x // CELL_PX), 2)
     row = min(int(y // CELL_PX), 2)
@@ -254,8 +241,6 @@ def check(image: Image.Image | np.ndarray, prompt: str, config: CheckerConfig | 
 
     Raises ValueError (from ``parse_caption``) when the prompt is outside the Shapes-T2I grammar.
     """
-    from image_ar.shapes import COLOURS, parse_caption
-
     config = config or CheckerConfig()
     scene = parse_caption(prompt)
     labels_HW = classify_pixels(to_array(image))

@@ -1,1 +1,0 @@
-"""Image model families, their tokenizers, checkpoint loaders and the Shapes-T2I data."""
