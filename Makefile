@@ -60,14 +60,16 @@ lock:
 	  .venv-lock/bin/python -m pip freeze --all | grep -v '^mmaccel[ =@]'; } > $(LOCK)
 	rm -rf .venv-lock
 
-BENCH_METHODS ?= ar,sjd,sjd-coupled:init=random,sjd-coupled:init=horizontal,sjd-coupled:init=vertical,lantern:lantern_delta=0.1,lantern:lantern_delta=0.4,lantern:lantern_rule=paper,lantern_delta=0.05,lantern:lantern_rule=paper,lantern_delta=0.1,lantern:lantern_rule=paper,lantern_delta=0.2,zipar:zipar_window=8,zipar:zipar_window=4,zipar:zipar_window=2,zipar:zipar_window=1,zipar+sjd:zipar_window=4,zipar+sjd:zipar_window=3,zipar+sjd:zipar_window=2,zipar+sjd:zipar_window=4,init=vertical,zipar+lantern:zipar_window=2,lantern_rule=paper,lantern_delta=0.1,zipar+lantern:zipar_window=4,lantern_rule=paper,lantern_delta=0.8
+# Every option that the model's shipped method defaults would otherwise set is named, so each
+# label says exactly what ran.
+BENCH_METHODS ?= ar,sjd,sjd-coupled:init=random,sjd-coupled:init=horizontal,sjd-coupled:init=vertical,lantern:lantern_rule=bounded,lantern_k=16,lantern_delta=0.1,lantern:lantern_rule=bounded,lantern_k=16,lantern_delta=0.4,lantern:lantern_rule=paper,lantern_k=16,lantern_delta=0.05,lantern:lantern_rule=paper,lantern_k=16,lantern_delta=0.1,lantern:lantern_rule=paper,lantern_k=16,lantern_delta=0.2,zipar:zipar_window=8,zipar:zipar_window=4,zipar:zipar_window=2,zipar:zipar_window=1,zipar+sjd:zipar_window=4,init=random,zipar+sjd:zipar_window=3,init=random,zipar+sjd:zipar_window=2,init=random,zipar+sjd:zipar_window=4,init=vertical,zipar+lantern:zipar_window=2,lantern_rule=paper,lantern_delta=0.1,zipar+lantern:zipar_window=4,lantern_rule=paper,lantern_delta=0.8
 
 bench: setup
 	$(VENV)/bin/mmaccel eval compare --methods "$(BENCH_METHODS)" --prompts 200 --batch 20 --real 1000 --noise-floor --out docs/benchmarks/default_model
 
 # larger LANTERN deltas at the default temperature (same prompts and seeds as `bench`, ar and sjd re-run)
 bench-lantern: setup
-	$(VENV)/bin/mmaccel eval compare --methods "ar,sjd,lantern:lantern_rule=paper,lantern_delta=0.3,lantern:lantern_rule=paper,lantern_delta=0.5,lantern:lantern_rule=paper,lantern_delta=0.8,lantern:lantern_rule=paper,lantern_delta=1.0,lantern:lantern_rule=paper,lantern_delta=0.8,lantern_k=32" --prompts 200 --batch 20 --real 1000 --out docs/benchmarks/default_model_lantern_delta
+	$(VENV)/bin/mmaccel eval compare --methods "ar,sjd,lantern:lantern_rule=paper,lantern_k=16,lantern_delta=0.3,lantern:lantern_rule=paper,lantern_k=16,lantern_delta=0.5,lantern:lantern_rule=paper,lantern_k=16,lantern_delta=0.8,lantern:lantern_rule=paper,lantern_k=16,lantern_delta=1.0,lantern:lantern_rule=paper,lantern_delta=0.8,lantern_k=32" --prompts 200 --batch 20 --real 1000 --out docs/benchmarks/default_model_lantern_delta
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,6 +27,8 @@ from mmaccel.images import ConditionedPrompts
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 T2I_WEIGHTS, VQ_WEIGHTS = WEIGHTS_DIR / "shapes_t2i.safetensors", WEIGHTS_DIR / "vq_tiny.safetensors"
+# the options each method runs with on this model unless the user names others (measured best)
+METHOD_DEFAULTS = WEIGHTS_DIR / "shapes_t2i_method_defaults.json"
 
 
 class ShapesT2IPipeline:
@@ -34,7 +37,12 @@ class ShapesT2IPipeline:
     name = "shapes-t2i"
 
     def __init__(
-        self, t2i, vq: VQModel, default_guidance: float = 1.0, default_temperature: float = 1.0
+        self,
+        t2i,
+        vq: VQModel,
+        default_guidance: float = 1.0,
+        default_temperature: float = 1.0,
+        method_defaults: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         self.t2i, self.vq = t2i.eval(), vq.eval()
         self.gpt = t2i.gpt
@@ -42,6 +50,8 @@ class ShapesT2IPipeline:
         self.grid = self.gpt.grid_width
         self.default_guidance = default_guidance
         self.default_temperature = default_temperature
+        # each method's best setting measured on this model (docs/benchmarks/README.md)
+        self.method_defaults = dict(method_defaults or {})
         with torch.no_grad():  # held once, so LANTERN's neighbour table is built once per model
             self.codebook = vq.quantize.codebook().detach().clone()
 
@@ -95,4 +105,5 @@ def load_default(device: str | torch.device = "cpu") -> ShapesT2IPipeline:
         vq,
         default_guidance=float(meta.get("default_guidance", 1.0)),
         default_temperature=float(meta.get("default_temperature", 1.0)),
+        method_defaults={k: v for k, v in json.loads(METHOD_DEFAULTS.read_text()).items() if k != "about"},
     )

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from mmaccel.generate import GenerateOutput, _check_sampling, generate
-from mmaccel.methods import MethodConfig, resolve_method
+from mmaccel.methods import MethodConfig, resolve_method, with_model_defaults
 from mmaccel.models import CausalLM
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,10 @@ class ImageModel(Protocol):
     def condition(self, prompts: list[str], guidance: bool) -> ConditionedPrompts: ...
 
     def decode(self, tokens_BN: torch.Tensor) -> list[Image.Image]: ...
+
+
+# Optional on an ImageModel: ``method_defaults: dict[str, dict[str, Any]]``, the options of each
+# method validated as best on this model (read by ``mmaccel.methods.with_model_defaults``).
 
 
 @dataclass
@@ -129,7 +133,10 @@ def generate_image(
             (``ImageModel.default_temperature``, picked on tuning prompts for the embedded model).
         top_k, top_p: the rest of the target distribution every method is verified against.
         return_output: return an ``ImageOutput`` with statistics instead of the image(s).
-        method_options: e.g. ``window=16``, ``init="vertical"``.
+        method_options: e.g. ``window=16``, ``init="vertical"``. Options not given take the
+            model's validated best setting for the method where it ships one
+            (``ImageModel.method_defaults``; ``mmaccel.methods.method_defaults(name, model)``
+            lists what a method runs with), else the method's own defaults.
 
     Returns:
         A PIL image for a single prompt string, a list for a list, or an ``ImageOutput``.
@@ -142,6 +149,8 @@ def generate_image(
     image_model = load_model(model) if isinstance(model, str) else model
     if not isinstance(image_model, ImageModel):
         raise TypeError(f"model must be a model name or an mmaccel ImageModel, got {type(model).__name__}")
+    if isinstance(method, str):  # the model's validated best options for the method, under the user's
+        method_options = with_model_defaults(method, method_options, image_model)
     scale = image_model.default_guidance if guidance_scale is None else float(guidance_scale)
     temperature = image_model.default_temperature if temperature is None else float(temperature)
     t0 = time.perf_counter()

@@ -101,20 +101,79 @@ DESCRIPTIONS: dict[str, str] = {
 }
 
 
-def resolve_method(method: str | MethodConfig, options: dict[str, Any]) -> MethodConfig:
-    """The config for ``method`` with ``options`` applied; clear errors for bad names or values."""
+# Options each method reads (the rest of its config class's fields would be ignored, so they
+# are refused): plain ZipAR has no draft window, and only zipar+lantern reads LANTERN's options.
+_JACOBI_OPTIONS = ("window", "init", "grid_width")
+_LANTERN_OPTIONS = ("lantern_k", "lantern_delta", "lantern_lambda", "lantern_rule")
+OPTIONS: dict[str, tuple[str, ...]] = {
+    "ar": (),
+    "jacobi": _JACOBI_OPTIONS,
+    "sjd": _JACOBI_OPTIONS,
+    "sjd-coupled": _JACOBI_OPTIONS,
+    "lantern": _JACOBI_OPTIONS + _LANTERN_OPTIONS,
+    "zipar": ("zipar_window", "grid_width"),
+    "zipar+sjd": ("zipar_window",) + _JACOBI_OPTIONS,
+    "zipar+lantern": ("zipar_window",) + _JACOBI_OPTIONS + _LANTERN_OPTIONS,
+}
+# Options of which a user gives at most one: naming one drops a model default for the other.
+EXCLUSIVE: tuple[frozenset[str], ...] = (frozenset({"lantern_delta", "lantern_lambda"}),)
+
+
+def model_method_defaults(model: Any, method: str) -> dict[str, Any]:
+    """The options ``model`` ships as its validated best setting of ``method`` (``{}`` if none).
+
+    A model declares them as ``method_defaults = {"lantern": {"lantern_rule": "paper", ...}}``;
+    what the user names always wins over them.
+    """
+    table = getattr(model, "method_defaults", None) or {}
+    return dict(table.get(method, {}))
+
+
+def method_defaults(method: str, model: Any = None) -> dict[str, Any]:
+    """Every option ``method`` reads, with the value it runs with when the user names none: the
+    model's shipped default where it has one, else the config class's default."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; valid methods are: {', '.join(METHODS)}")
+    fields = {f.name: f.default for f in dataclasses.fields(METHODS[method])}
+    values = {name: fields[name] for name in OPTIONS[method]}
+    values.update(model_method_defaults(model, method))
+    return values
+
+
+def with_model_defaults(method: str, options: dict[str, Any], model: Any) -> dict[str, Any]:
+    """``options`` on top of ``model``'s defaults for ``method`` (exclusive options respected)."""
+    merged = model_method_defaults(model, method)
+    for group in EXCLUSIVE:
+        if group & set(options):
+            for name in group:
+                merged.pop(name, None)
+    merged.update(options)
+    return merged
+
+
+def resolve_method(method: str | MethodConfig, options: dict[str, Any], model: Any = None) -> MethodConfig:
+    """The config for ``method`` with ``options`` applied; clear errors for bad names or values.
+
+    ``model``: a model that may ship its own best options per method (``method_defaults``);
+    they apply to a method given by name, under the user's ``options``.
+    """
+    if isinstance(method, str) and method in METHODS and model is not None:
+        options = with_model_defaults(method, options, model)
     if isinstance(method, ARConfig | JacobiConfig):
         config = dataclasses.replace(method, **options) if options else method
     elif isinstance(method, str):
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; valid methods are: {', '.join(METHODS)}")
         cls = METHODS[method]
-        valid = [f.name for f in dataclasses.fields(cls) if f.name != "name"]
+        valid = list(OPTIONS[method])
         unknown = sorted(set(options) - set(valid))
         if unknown:
+            elsewhere = [f"{o} is read by {', '.join(m for m, opts in OPTIONS.items() if o in opts)}"
+                         for o in unknown if any(o in opts for opts in OPTIONS.values())]  # fmt: skip
             raise ValueError(
-                f"method {method!r} does not take option(s) {', '.join(unknown)}; "
-                f"its options are: {', '.join(valid) or 'none'}"
+                f"method {method!r} does not take option(s) {', '.join(unknown)}"
+                + (f" ({'; '.join(elsewhere)})" if elsewhere else "")
+                + f"; its options are: {', '.join(valid) or 'none'}"
             )
         config = cls(name=method, **options)
     else:

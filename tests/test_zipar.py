@@ -135,7 +135,7 @@ def assert_sees_the_row_above(token_forward_BN: torch.Tensor, H: int, W: int, w:
         ({"grid_width": 5}, "multiple of grid_width"),
         ({}, "declares no grid width"),
         ({"grid_width": 4, "eos_token_id": 3}, "eos_token_id is not supported"),
-        ({"grid_width": 4, "lantern_delta": 0.2}, "apply to 'zipar\\+lantern'"),
+        ({"grid_width": 4, "lantern_delta": 0.2}, "lantern_delta is read by lantern, zipar\\+lantern"),
     ],
 )
 def test_bad_options_raise_clear_errors(options, match):

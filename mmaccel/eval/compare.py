@@ -172,6 +172,12 @@ def to_markdown(
                 + ", ".join(f"{k}: {c / total:.3f}" for k, c in enumerate(h) if c and k <= 20)
             )
         text += "\nTokens emitted per verify step (fraction of steps):\n\n" + "\n".join(lines) + "\n"
+    if any(s.get("config") for s in summary.values()):
+        text += (
+            "\nWhat ran (options not named take the model's method defaults):\n\n"
+            + "\n".join(f"- `{label}`: `{s['config']}`" for label, s in summary.items() if s.get("config"))
+            + "\n"
+        )
     return text
 
 

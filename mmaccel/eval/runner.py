@@ -72,6 +72,7 @@ class ChunkResult:
     latency_s: float  # wall-clock of the call
     peak_mem_mb: float
     accepted_histogram: list[int]  # verify steps of the call by tokens emitted
+    config: str = ""  # the method config that ran (the model's method defaults applied)
 
 
 def make_runs(methods: Sequence[MethodSpec], noise_floor: bool = False) -> list[Run]:
@@ -184,7 +185,7 @@ def run_chunks(
                     gen = out.generate_output
                     results.append(ChunkResult(run.label, chunk.index, chunk.start, repeat, out.images,
                                                gen.forward_passes_per_row.tolist(), out.num_tokens, out.latency_s,
-                                               mem.peak_mb, list(gen.accepted_histogram)))  # fmt: skip
+                                               mem.peak_mb, list(gen.accepted_histogram), repr(gen.method)))  # fmt: skip
                     bar.update()
     return results
 

@@ -195,7 +195,7 @@ def summarise(
         images = [im for r in in_prompt_order(rows, label) for im in r.images]
         if len(images) != len(prompts):
             raise RuntimeError(f"{label!r}: {len(images)} images for {len(prompts)} prompts")
-        s: dict[str, Any] = {"images_sha1": image_digest(images)}
+        s: dict[str, Any] = {"images_sha1": image_digest(images), "config": rows[0].config}
         if "accuracy" in metrics:
             s.update(accuracy(images, prompts, bench))
         if fd_ref is not None and "fd" in metrics:
