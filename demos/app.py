@@ -2,15 +2,17 @@
 
     python -m demos.app --port 7860            # http://127.0.0.1:7860
 
-Owns: the page (a prompt, a method picker built from ``mmaccel.methods.METHODS`` with each
-method's options, see ``demos.inputs``, a seed), turning bad input into readable ``gr.Error``
-messages, the comparison (both images, forward passes, wall-clock, the
-speed-ups, and the per-step view of which tokens each forward accepted), the ``generate`` API
-endpoint for ``gradio_client`` (prompt, method, seed) -> (ar image, method image, statistics),
-the bounded request queue, and this command line.
+Owns: the page (a prompt, a method picker built from ``mmaccel.methods.METHODS`` showing each
+method only the options it reads, filled with the library's defaults for the model in use, see
+``demos.inputs``; a seed), turning bad input into one readable message, the comparison (both
+images, forward passes, the median wall-clock of timed repeats, the per-step view of which
+tokens each forward accepted; see ``demos.report``), the ``generate`` API endpoint for
+``gradio_client`` (prompt, method, seed) -> (ar image, method image, statistics), the bounded
+request queue, and this command line.
 
-Must never: decode tokens itself (everything goes through ``mmaccel.generate_image``), or listen
-beyond loopback unless ``--host`` says so.
+Must never: decode tokens itself (everything goes through ``mmaccel.generate_image``), put a
+default of its own into a request (a field left at the library's default is not sent), or
+listen beyond loopback unless ``--host`` says so.
 """
 
 from __future__ import annotations
@@ -18,106 +20,112 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
-import dataclasses
 import html
 import logging
+import math
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
-import numpy as np
 import torch
 from PIL import Image
 
 import mmaccel
-from demos.inputs import EXAMPLE_PROMPT, MAX_PROMPT_CHARS, Request, check_request, method_options
-from demos.visualize import filling_gif, heat_map
-from mmaccel.images import ImageModel, ImageOutput
-from mmaccel.methods import DESCRIPTIONS, METHODS, resolve_method
+from demos.inputs import (
+    EXAMPLE_PROMPT,
+    MAX_PROMPT_CHARS,
+    MAX_SEED,
+    OptionSpec,
+    check_request,
+    default_note,
+    method_options,
+    option_names,
+    page_defaults,
+)
+from demos.report import (
+    BASELINE,
+    BUDGET_S,
+    REPEATS,
+    Comparison,
+    about_markdown,
+    compare,
+    intro_markdown,
+    summary_markdown,
+)
+from demos.visualize import filling_gif, heat_maps
+from mmaccel.images import ImageModel
+from mmaccel.methods import METHODS
 
 log = logging.getLogger(__name__)
 
-BASELINE = "ar"
-# gradio finds the progress tracker by this default value; it follows the engine's tqdm bars
-PROGRESS = gr.Progress(track_tqdm=True)
+# gradio finds the progress tracker by this default value; the comparison reports each run to it
+PROGRESS = gr.Progress()
+CSS = """
+.pixelated img { image-rendering: pixelated; }
+#status { min-height: 3.2em; }
+#status .demo-error { color: #b91c1c; border: 1px solid #fca5a5; background: #fef2f2;
+                      border-radius: 6px; padding: 0.6em 0.8em; }
+"""
+IDLE = f"Press <b>Generate</b> to run <code>{BASELINE}</code> and the chosen method with the same seed."
 
 
-@dataclass
-class Comparison:
-    """Both runs of one request and the statistics the page and the API report."""
-
-    request: Request
-    baseline: ImageOutput
-    accelerated: ImageOutput
-    stats: dict[str, Any]
+def _info(spec: OptionSpec, method: str, model: ImageModel) -> str:
+    note = default_note(method, spec.name, model) if spec.name in option_names(method) else ""
+    return " · ".join(t for t in (spec.help, note) if t)
 
 
-def _run_stats(out: ImageOutput) -> dict[str, Any]:
-    forward_N = out.generate_output.token_forward_index[0].numpy()
-    return {
-        "forward_passes": out.num_forward_passes,
-        "wall_clock_s": round(out.latency_s, 4),
-        "tokens_per_forward": round(out.num_tokens / out.num_forward_passes, 3),
-        "accepted_per_forward": np.bincount(forward_N, minlength=out.num_forward_passes).tolist(),
-    }
+def _field_value(spec: OptionSpec, method: str, model: ImageModel) -> Any:
+    if spec.name in option_names(method):
+        return page_defaults(method, model)[spec.name]
+    return next(page_defaults(m, model)[spec.name] for m in spec.methods)  # hidden: any reader's
 
 
-def compare(
-    request: Request, model: ImageModel, progress: Callable[[float, str], None] | None = None
-) -> Comparison:
-    """Generate the request's image with ``ar`` and then with its method; same seed, same model."""
-    runs = []
-    for i, (method, options) in enumerate([(BASELINE, {}), (request.method, request.options)]):
-        if progress is not None:
-            progress(i / 2, f"generating with {method}")
-        out = mmaccel.generate_image(
-            request.prompt,
-            method,
-            model=model,
-            seed=request.seed,
-            return_output=True,
-            progress=progress is not None,
-            **options,
+def _field(spec: OptionSpec, method: str, model: ImageModel) -> gr.components.Component:
+    """The field of one option, showing ``method``'s default (hidden if ``method`` does not read it)."""
+    visible, value, info = (
+        spec.name in option_names(method),
+        _field_value(spec, method, model),
+        _info(spec, method, model),
+    )
+    elem_id = f"option-{spec.name}"
+    if spec.choices:
+        return gr.Dropdown(
+            list(spec.choices),
+            value=value,
+            label=spec.name,
+            info=info,
+            visible=visible,
+            filterable=False,
+            elem_id=elem_id,
         )
-        runs.append(out)
-    baseline, accelerated = runs
-    config = resolve_method(request.method, request.options)
-    stats = {
-        "prompt": request.prompt,
-        "seed": request.seed,
-        "method": request.method,
-        "options": {k: v for k, v in dataclasses.asdict(config).items() if k != "name" and v is not None},
-        "num_tokens": accelerated.num_tokens,
-        BASELINE: _run_stats(baseline),
-        "accelerated": _run_stats(accelerated),
-        "speedup_wall_clock": round(baseline.latency_s / accelerated.latency_s, 3),
-        "speedup_forward_passes": round(baseline.num_forward_passes / accelerated.num_forward_passes, 3),
-        "prompt_warnings": list(model.condition([request.prompt], guidance=False).warnings),
-    }
-    return Comparison(request, baseline, accelerated, stats)
+    if spec.kind is bool:
+        return gr.Checkbox(value=bool(value), label=spec.name, info=info, visible=visible, elem_id=elem_id)
+    if spec.kind in (int, float):
+        lo, hi = spec.bounds or (None, None)
+        rng = "" if lo is None else f" (at least {lo:g})" if math.isinf(hi) else f" ({lo:g} to {hi:g})"
+        # precision=None: gradio would round 2.5 to 2 before our check could refuse it
+        return gr.Number(
+            value=value,
+            label=spec.name + rng,
+            info=info,
+            visible=visible,
+            precision=None,
+            step=1 if spec.kind is int else 0.05,
+            placeholder="empty: not set",
+            elem_id=elem_id,
+        )
+    return gr.Textbox(
+        value="" if value is None else str(value),
+        label=spec.name,
+        info=info,
+        visible=visible,
+        elem_id=elem_id,
+    )
 
 
-def _summary(c: Comparison) -> str:
-    s, name = c.stats, c.request.method
-    opts = ", ".join(f"{k}={v}" for k, v in s["options"].items())
-    a, m = s[BASELINE], s["accelerated"]
-    rows = [
-        f"| | `{BASELINE}` (baseline) | `{name}`{' · ' + opts if opts else ''} |",
-        "|---|---:|---:|",
-        f"| forward passes | {a['forward_passes']} | {m['forward_passes']} |",
-        f"| tokens per forward | {a['tokens_per_forward']:.2f} | {m['tokens_per_forward']:.2f} |",
-        f"| wall-clock | {a['wall_clock_s']:.2f} s | {m['wall_clock_s']:.2f} s |",
-        f"| speed-up over `{BASELINE}` | 1.00x | **{s['speedup_wall_clock']:.2f}x** wall-clock, "
-        f"**{s['speedup_forward_passes']:.2f}x** fewer forwards |",
-    ]
-    notes = [
-        f"{s['num_tokens']} image tokens, seed {s['seed']}. Wall-clock is measured in this request on a "
-        "shared CPU: requests running at the same time slow both columns; forward passes do not change."
-    ]
-    notes += [f"Note: {html.escape(w)}" for w in s["prompt_warnings"]]
-    return "\n".join(rows) + "\n\n" + "\n\n".join(notes)
+def _run_label(out: Any, label: str) -> str:
+    return f"{label} ({out.num_forward_passes} forward passes)"
 
 
 def _gif_html(c: Comparison) -> str:
@@ -149,20 +157,30 @@ def _image(label: str, elem_id: str, show_label: bool = True) -> gr.Image:
     )
 
 
+def _error_html(message: str) -> str:
+    return f'<div class="demo-error" role="alert"><b>Invalid input.</b> {html.escape(message, quote=False)}</div>'
+
+
 @contextlib.contextmanager
 def _readable_errors() -> Iterator[None]:
     """Bad input (``InputError`` and the library's own ``ValueError``/``TypeError``) -> ``gr.Error``."""
     try:
         yield
     except (ValueError, TypeError) as err:
-        # the message is rendered as HTML on the page: escape markup, keep quotes readable
+        # the message is rendered as HTML by clients: escape markup, keep quotes readable
         raise gr.Error(
             html.escape(str(err), quote=False), title="Invalid input", print_exception=False
         ) from None
 
 
-def build_demo(model: ImageModel | None = None) -> gr.Blocks:
-    """The page and its ``generate`` API endpoint; call ``.queue(...)`` and ``.launch(...)`` on it."""
+def build_demo(
+    model: ImageModel | None = None, repeats: int = REPEATS, budget_s: float = BUDGET_S
+) -> gr.Blocks:
+    """The page and its ``generate`` API endpoint; call ``.queue(...)`` and ``.launch(...)`` on it.
+
+    ``repeats``: timed runs of each method per request, after the run whose image is shown;
+    fewer when they would take a request past ``budget_s`` seconds (``demos.report.compare``).
+    """
     image_model = model if model is not None else mmaccel.load_model()
     specs = method_options()
     choices = [m for m in METHODS if m != BASELINE]
@@ -174,113 +192,129 @@ def build_demo(model: ImageModel | None = None) -> gr.Blocks:
     def api_generate(prompt: str, method: str, seed: float | None, progress=PROGRESS):
         """(prompt, method or method spec, seed) -> (ar image, method image, statistics dict)."""
         with _readable_errors():
-            request = check_request(prompt, method, seed)
-            c = compare(request, image_model, progress_fn(progress))
+            request = check_request(prompt, method, seed, model=image_model)
+            c = compare(request, image_model, progress_fn(progress), repeats, budget_s)
         return c.baseline.images[0], c.accelerated.images[0], c.stats
 
     with gr.Blocks(title="mmaccel demo", analytics_enabled=False) as demo:
-        gr.Markdown(
-            "# mmaccel: the same image in fewer forward passes\n"
-            f"Type a prompt, pick a method, and compare it with plain autoregressive decoding (`{BASELINE}`) "
-            "on the embedded Shapes-T2I model (64x64 images, 16x16 = 256 tokens)."
-        )
+        gr.Markdown(intro_markdown(choices, image_model), elem_id="intro")
         with gr.Row():
             with gr.Column(scale=1, min_width=300):
                 prompt = gr.Textbox(
                     label="Prompt",
                     value=EXAMPLE_PROMPT,
                     lines=2,
-                    max_length=MAX_PROMPT_CHARS,
+                    info=f"at most {MAX_PROMPT_CHARS} characters; a longer prompt is refused, never cut",
                     elem_id="prompt",
                 )
                 method = gr.Radio(
                     choices, value=first, label=f"Method (compared with {BASELINE})", elem_id="method"
                 )
-                about = gr.Markdown(DESCRIPTIONS.get(first, ""))
-                option_boxes = {}
-                for spec in specs.values():
-                    visible = first in spec.methods
-                    label = spec.name
-                    info = spec.help or ("empty: the method's default" if spec.optional else None)
-                    if spec.choices:
-                        box = gr.Radio(
-                            list(spec.choices), value=spec.default, label=label, info=info, visible=visible
-                        )
-                    elif spec.kind is bool:
-                        box = gr.Checkbox(value=bool(spec.default), label=label, info=info, visible=visible)
-                    elif spec.kind in (int, float) and not spec.optional:
-                        rng = f" ({spec.bounds[0]:g} to {spec.bounds[1]:g})" if spec.bounds else ""
-                        box = gr.Number(
-                            value=spec.default,
-                            label=label + rng,
-                            info=info,
-                            visible=visible,
-                            precision=0 if spec.kind is int else None,
-                        )
-                    else:  # text, or a number that may be left empty
-                        box = gr.Textbox(
-                            value="" if spec.default is None else str(spec.default),
-                            label=label,
-                            info=info,
-                            visible=visible,
-                        )
-                    option_boxes[spec.name] = box
-                seed = gr.Number(value=0, precision=0, label="Seed (same seed, same images)", elem_id="seed")
+                about = gr.Markdown(about_markdown(first, image_model), elem_id="about")
+                option_boxes = {name: _field(spec, first, image_model) for name, spec in specs.items()}
+                seed = gr.Number(
+                    value=0,
+                    precision=None,  # refuse 2.5 instead of rounding it
+                    label="Seed: the same seed with the same method gives the same image",
+                    info=f"a whole number from 0 to {MAX_SEED}",
+                    elem_id="seed",
+                )
                 run = gr.Button("Generate", variant="primary", elem_id="run")
             with gr.Column(scale=2):
+                status = gr.HTML(IDLE, elem_id="status")
                 with gr.Row():
                     ar_image = _image(BASELINE, "ar-image")
                     method_image = _image("method", "method-image")
                 summary = gr.Markdown(elem_id="summary")
                 gr.Markdown(
                     "**Per-step view.** Each cell is an image token (raster order) coloured by the forward pass "
-                    "that committed it, dark = early. White lines separate tokens committed by different "
-                    "forwards: every outlined block was accepted by a single forward. The animation replays "
-                    "both runs forward by forward; magenta marks the tokens just committed."
+                    "that committed it, on one colour scale for both runs (dark = early). White lines separate "
+                    "tokens committed by different forwards: every outlined block was accepted by a single "
+                    "forward. The animation replays both runs forward by forward; magenta marks the tokens "
+                    "just committed."
                 )
-                with gr.Row():
-                    ar_heat = _image(f"{BASELINE}: forward that committed each token", "ar-heat", False)
-                    method_heat = _image("method: forward that committed each token", "method-heat", False)
+                heat_scale = gr.Markdown(elem_id="heat-scale")
+                heat = _image("forward that committed each token", "heat", show_label=False)
                 gif = gr.HTML(elem_id="filling")
                 with gr.Accordion("Statistics (JSON)", open=False):
                     stats = gr.JSON(elem_id="stats")
 
         def pick(name: str):
-            return [gr.update(value=DESCRIPTIONS.get(name, ""))] + [
-                gr.update(visible=name in specs[option].methods) for option in option_boxes
-            ]
+            updates = [gr.update(value=about_markdown(name, image_model))]
+            for option, spec in specs.items():
+                reads = option in option_names(name)
+                updates.append(
+                    gr.update(
+                        visible=reads,
+                        value=_field_value(spec, name, image_model),
+                        info=_info(spec, name, image_model),
+                    )
+                    if reads
+                    else gr.update(visible=False)
+                )
+            return updates
 
         method.change(pick, method, [about, *option_boxes.values()], queue=False, api_visibility="private")
 
+        outputs = [status, ar_image, method_image, summary, heat_scale, heat, gif, stats]
+
+        def cleared(message: str) -> tuple:
+            """No result on the page: the previous run's results never stay beside a new request."""
+            return (
+                message,
+                gr.update(value=None, label=BASELINE),
+                gr.update(value=None, label="method"),
+                "",
+                "",
+                None,
+                "",
+                None,
+            )
+
         def ui_generate(values: dict, progress=PROGRESS):
-            with _readable_errors():
-                name = values[method]
-                options = {o: values[box] for o, box in option_boxes.items() if name in specs[o].methods}
-                request = check_request(values[prompt], name, values[seed], options)
-                c = compare(request, image_model, progress_fn(progress))
-            progress(1.0, desc="drawing the per-step view")
+            name = values[method]
+            options = {o: values[option_boxes[o]] for o in option_names(name)}
+            try:
+                request = check_request(
+                    values[prompt], name, values[seed], options, page_defaults(name, image_model), image_model
+                )
+                c = compare(request, image_model, progress_fn(progress), repeats, budget_s)
+            except (ValueError, TypeError) as err:
+                return cleared(_error_html(str(err)))
             runs = [(BASELINE, c.baseline), (request.method, c.accelerated)]
             images = [
-                gr.update(
-                    value=_big(out.images[0]), label=f"{label} ({out.num_forward_passes} forward passes)"
-                )
-                for label, out in runs
+                gr.update(value=_big(out.images[0]), label=_run_label(out, label)) for label, out in runs
             ]
-            heat = [
-                heat_map(
-                    out.generate_output.token_forward_index[0].numpy(),
-                    title=f"{label}: {out.num_forward_passes} forwards",
-                )
-                for label, out in runs
-            ]
-            return (*images, *heat, _summary(c), _gif_html(c), c.stats)
+            forwards = [out.generate_output.token_forward_index[0].numpy() for _, out in runs]
+            last = max(int(f.max()) for f in forwards)
+            longest = runs[max(range(len(runs)), key=lambda i: int(forwards[i].max()))][0]
+            scale = (
+                f"Both maps use one colour scale: forward 0 (dark) to forward {last} (bright), "
+                f"the last forward of `{longest}`."
+            )
+            maps = heat_maps(
+                [
+                    (f"{label}: {out.num_forward_passes} forwards", f)
+                    for (label, out), f in zip(runs, forwards, strict=True)
+                ]
+            )
+            done = f"Done: <code>{BASELINE}</code> and <code>{html.escape(request.method)}</code> with seed {request.seed}."
+            return (done, *images, summary_markdown(c), scale, maps, _gif_html(c), c.stats)
 
         run.click(
+            lambda: cleared("Generating…"),
+            None,
+            outputs,
+            queue=False,
+            api_visibility="private",
+            show_progress="hidden",
+        ).then(
             ui_generate,
             {prompt, method, seed, *option_boxes.values()},
-            [ar_image, method_image, ar_heat, method_heat, summary, gif, stats],
+            outputs,
             api_visibility="private",
             concurrency_id="generate",
+            show_progress_on=[status],
         )
 
         # the API endpoint reads its own hidden inputs, so a method spec string and any seed reach the checks
@@ -310,10 +344,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (default: CPU cores / concurrency)"
     )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=REPEATS,
+        help=f"timed runs of each method per request, after the warm-up run (default {REPEATS})",
+    )
+    parser.add_argument(
+        "--time-budget",
+        type=float,
+        default=BUDGET_S,
+        help=f"seconds a request aims to stay within: fewer timed runs (at least one) when "
+        f"--repeats would not fit (default {BUDGET_S:g})",
+    )
     parser.add_argument("--no-warmup", action="store_true", help="skip the warm-up generation at start")
     args = parser.parse_args(argv)
-    if args.concurrency < 1 or args.max_queue < 1:
-        parser.error("--concurrency and --max-queue must be >= 1")
+    if args.concurrency < 1 or args.max_queue < 1 or args.repeats < 1:
+        parser.error("--concurrency, --max-queue and --repeats must be >= 1")
     logging.basicConfig(level=logging.WARNING, format="demo: %(message)s")
     log.setLevel(logging.INFO)
     torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // args.concurrency))
@@ -323,7 +370,7 @@ def main(argv: list[str] | None = None) -> None:
         for name in (BASELINE, "sjd"):
             if name in METHODS:
                 mmaccel.generate_image(EXAMPLE_PROMPT, name, model=model, seed=0)
-    demo = build_demo(model)
+    demo = build_demo(model, args.repeats, args.time_budget)
     demo.queue(default_concurrency_limit=args.concurrency, max_size=args.max_queue)
     demo.launch(
         server_name=args.host,
@@ -331,7 +378,7 @@ def main(argv: list[str] | None = None) -> None:
         show_error=False,
         footer_links=["api"],
         run_history=False,
-        css=".pixelated img { image-rendering: pixelated; }",
+        css=CSS,
     )
 
 

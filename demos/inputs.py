@@ -1,11 +1,15 @@
-"""What the demo accepts: the method options it offers and the checks on a request.
+"""What the demo accepts: the options each method offers, their defaults, and the checks on a request.
 
-Owns: ``method_options`` (every option of every method registered in
-``mmaccel.methods.METHODS``, read from the config dataclasses, so a method registered later
-appears in the picker with its options), ``check_request`` (prompt, method or method spec,
-options, seed -> a ``Request``, or an ``InputError`` whose message is fit to show a user).
+Owns: ``method_options`` (every option a registered method reads, per
+``mmaccel.methods.OPTIONS``, with its type, choices, range and help; the model declares
+``grid_width`` so the page never offers it), ``page_defaults`` (what each option of a method
+runs with when the user names none, from ``mmaccel.methods.method_defaults``: the one source
+of defaults for the page, the API and the CLI), ``check_request`` (prompt, method or method
+spec, options, seed -> a ``Request``, or an ``InputError`` whose message is fit to show a user).
 
 Must never: import gradio or generate anything; it is plain Python, tested without a server.
+Must never invent a default: a value the user did not change is not sent, so the library's
+own default applies.
 """
 
 from __future__ import annotations
@@ -17,22 +21,37 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
+from mmaccel.acceptors.lantern import RULES
 from mmaccel.drafters import INITS
 from mmaccel.eval.common import parse_method_spec
-from mmaccel.methods import METHODS, resolve_method
+from mmaccel.methods import METHODS, OPTIONS, method_defaults, model_method_defaults, resolve_method
 
 EXAMPLE_PROMPT = "a large red circle at the top left on a blue background"
+# The grammar's longest caption is about 110 characters; a longer prompt is refused, never cut.
 MAX_PROMPT_CHARS = 300
 MAX_SEED = 2**32 - 1
 # Options the page does not offer: the model declares its own grid width.
 HIDDEN_OPTIONS = frozenset({"name", "grid_width"})
 # What the config dataclasses cannot say about an option: its choices, range and meaning.
-CHOICES: dict[str, tuple[str, ...]] = {"init": tuple(INITS)}
-# A window wider than this costs more per forward than it can save on a 256-token image.
-BOUNDS: dict[str, tuple[float, float]] = {"window": (1, 64)}
+CHOICES: dict[str, tuple[str, ...]] = {"init": tuple(INITS), "lantern_rule": tuple(RULES)}
+# A window wider than 64 costs more per forward than it can save on a 256-token image; more
+# than 256 "neighbours" of a code are no longer near it in the shipped 1024-code codebook.
+BOUNDS: dict[str, tuple[float, float]] = {
+    "window": (1, 64),
+    "zipar_window": (1, 64),
+    "lantern_k": (1, 256),
+    "lantern_delta": (0, 1),
+    "lantern_lambda": (1, math.inf),
+}
 HELP: dict[str, str] = {
     "window": "draft tokens verified per forward",
     "init": "how new draft slots start: random, the left neighbour, or the token one grid row up",
+    "zipar_window": "a row starts once the row above holds this many tokens",
+    "lantern_k": "nearest codebook neighbours a draft may borrow probability from",
+    "lantern_delta": "total-variation budget per step (give this or lantern_lambda, not both)",
+    "lantern_lambda": "multiplicative bound p~(x) <= lambda p(x) of LANTERN++, instead of lantern_delta",
+    "lantern_rule": "bounded: one relaxed target per position, the bound holds; "
+    "paper: the published per-draft rule, faster, bound not guaranteed",
 }
 
 
@@ -42,13 +61,12 @@ class InputError(ValueError):
 
 @dataclass(frozen=True)
 class OptionSpec:
-    """One method option as the page offers it, read from the methods' config dataclasses."""
+    """One method option as the page offers it."""
 
     name: str
     kind: type  # int, float, bool or str
-    default: Any
-    methods: tuple[str, ...]  # the methods that take it
-    optional: bool = False  # None (an empty box) means "the method's default"
+    methods: tuple[str, ...]  # the methods that read it (``mmaccel.methods.OPTIONS``)
+    optional: bool = False  # None (an empty box) is a valid value
     choices: tuple[str, ...] | None = None
     bounds: tuple[float, float] | None = None
     help: str = ""
@@ -60,37 +78,66 @@ def _option_type(hint: Any) -> tuple[type, bool]:
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         optional = len(args) < len(typing.get_args(hint))
-        hint = args[0] if len(args) == 1 else str
+        # ``int | str``: a number or a keyword such as window="auto"; the page offers the number
+        hint = args[0] if len(args) == 1 else (int if set(args) == {int, str} else str)
     return (hint if hint in (int, float, bool, str) else str), optional
 
 
+def option_names(method: str) -> tuple[str, ...]:
+    """The options the page offers for ``method``: those it reads, but the model's ``grid_width``."""
+    return tuple(o for o in OPTIONS.get(method, ()) if o not in HIDDEN_OPTIONS)
+
+
 def method_options() -> dict[str, OptionSpec]:
-    """Every option of every registered method (``mmaccel.methods.METHODS``), by option name."""
-    found: dict[str, tuple[tuple[type, bool], Any, list[str]]] = {}
+    """Every option some registered method reads, by option name, with the methods that read it."""
+    found: dict[str, tuple[tuple[type, bool], list[str]]] = {}
     for method, config_cls in METHODS.items():
         hints = typing.get_type_hints(config_cls)
-        for field in dataclasses.fields(config_cls):
-            if field.name in HIDDEN_OPTIONS:
-                continue
-            default = None if field.default is dataclasses.MISSING else field.default
-            found.setdefault(field.name, (_option_type(hints[field.name]), default, []))[2].append(method)
+        for name in option_names(method):
+            found.setdefault(name, (_option_type(hints[name]), []))[1].append(method)
     return {
         name: OptionSpec(
             name,
             kind,
-            default,
             tuple(methods),
             optional=optional,
             choices=CHOICES.get(name),
             bounds=BOUNDS.get(name),
             help=HELP.get(name, ""),
         )
-        for name, ((kind, optional), default, methods) in found.items()
+        for name, ((kind, optional), methods) in found.items()
     }
 
 
+def page_defaults(method: str, model: Any = None) -> dict[str, Any]:
+    """What each option the page offers for ``method`` runs with when the user names none.
+
+    Straight from ``mmaccel.methods.method_defaults(method, model)`` (the model's shipped best
+    setting, else the config class's default); the demo adds none of its own.
+    """
+    values = method_defaults(method, model)
+    return {name: values[name] for name in option_names(method)}
+
+
+def default_note(method: str, option: str, model: Any = None) -> str:
+    """``"default for zipar+sjd: 4 (shapes-t2i's tuned setting)"``: the help line under a field."""
+    value = page_defaults(method, model)[option]
+    if value is None:
+        return f"default for {method}: not set"
+    shown = f"{value:g}" if isinstance(value, float) else str(value)
+    if option in model_method_defaults(model, method):
+        source = f"{getattr(model, 'name', 'the model')}'s tuned setting"
+    else:
+        source = "the method's own default"
+    return f"default for {method}: {shown} ({source})"
+
+
+def _number_text(value: float) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def _check_option(spec: OptionSpec, value: Any) -> Any:
-    if value is None or (spec.optional and value == ""):
+    if value is None or value == "":
         if spec.optional:
             return None
         raise InputError(f"Option {spec.name} needs a value.")
@@ -101,42 +148,66 @@ def _check_option(spec: OptionSpec, value: Any) -> Any:
             try:
                 value = float(value.strip())
             except ValueError:
-                raise InputError(f"Option {spec.name} must be a number, got {value!r}") from None
+                raise InputError(f"Option {spec.name} must be a number, got {value!r}.") from None
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise InputError(f"Option {spec.name} must be a number, got {value!r}")
+            raise InputError(f"Option {spec.name} must be a number, got {value!r}.")
         if spec.kind is int:
-            if value != int(value):
-                raise InputError(f"Option {spec.name} must be a whole number, got {value!r}")
+            if value != int(value):  # never round: 2.5 is not silently run as 2
+                raise InputError(f"Option {spec.name} must be a whole number, got {_number_text(value)}.")
             value = int(value)
         if spec.bounds and not spec.bounds[0] <= value <= spec.bounds[1]:
             lo, hi = spec.bounds
-            raise InputError(f"Option {spec.name} must be between {lo:g} and {hi:g}, got {value:g}")
+            allowed = f"at least {lo:g}" if math.isinf(hi) else f"between {lo:g} and {hi:g}"
+            raise InputError(f"Option {spec.name} must be {allowed}, got {_number_text(value)}.")
         return value
     if spec.choices and value not in spec.choices:
-        raise InputError(f"Option {spec.name} must be one of {', '.join(spec.choices)}; got {value!r}")
+        raise InputError(f"Option {spec.name} must be one of {', '.join(spec.choices)}; got {value!r}.")
     return value
 
 
 @dataclass(frozen=True)
 class Request:
-    """A checked request: a prompt, a known method with valid options, a seed."""
+    """A checked request: a prompt, a known method, the options the user named, a seed."""
 
     prompt: str
     method: str
-    options: dict[str, Any]
+    options: dict[str, Any]  # only what the user named; the rest runs with the library's defaults
     seed: int
 
 
-def check_request(prompt: Any, method: Any, seed: Any, options: dict[str, Any] | None = None) -> Request:
+def _not_taken(method: str, option: str) -> InputError:
+    takes = option_names(method)
+    readers = [m for m in METHODS if option in option_names(m)]
+    where = f" ({option} is read by {', '.join(readers)})" if readers else ""
+    return InputError(
+        f"Method {method!r} has no option {option!r}{where}; its options are: {', '.join(takes) or 'none'}."
+    )
+
+
+def check_request(
+    prompt: Any,
+    method: Any,
+    seed: Any,
+    options: dict[str, Any] | None = None,
+    defaults: dict[str, Any] | None = None,
+    model: Any = None,
+) -> Request:
     """Validate the inputs; raise ``InputError`` with a message fit for the page.
 
     ``method`` is a name (``sjd``) or a spec with options (``sjd-coupled:init=vertical,window=8``);
-    options in the spec override ``options``.
+    options in the spec override ``options``. An empty option (None or ``""``) is not named.
+    ``defaults``: the values the page showed in its fields (``page_defaults``); an option still
+    equal to its default is not named either, so the library applies its own default (and an
+    exclusive pair such as lantern_delta / lantern_lambda stays consistent). ``model``: the
+    model the request will run on, whose shipped defaults the options are checked with.
     """
     if not isinstance(prompt, str) or not prompt.strip():
         raise InputError(f"Please enter a prompt, e.g. “{EXAMPLE_PROMPT}”.")
-    if len(prompt) > MAX_PROMPT_CHARS:
-        raise InputError(f"The prompt is too long ({len(prompt)} characters; at most {MAX_PROMPT_CHARS}).")
+    if len(prompt.strip()) > MAX_PROMPT_CHARS:
+        raise InputError(
+            f"The prompt is too long: {len(prompt.strip())} characters, at most {MAX_PROMPT_CHARS}. "
+            "Nothing was generated and nothing was cut; please shorten it."
+        )
     if not isinstance(method, str) or not method.strip():
         raise InputError(f"Please choose a method: one of {', '.join(METHODS)}.")
     try:
@@ -146,22 +217,32 @@ def check_request(prompt: Any, method: Any, seed: Any, options: dict[str, Any] |
     if spec.name not in METHODS:
         raise InputError(f"Unknown method {spec.name!r}; choose one of {', '.join(METHODS)}.")
     specs = method_options()
+    page = {
+        name: value
+        for name, value in (options or {}).items()
+        if not (defaults and name in defaults and value == defaults[name])
+    }
     checked = {}
-    for name, value in {**(options or {}), **spec.options}.items():
-        if name not in specs or spec.name not in specs[name].methods:
-            takes = [n for n, s in specs.items() if spec.name in s.methods]
-            raise InputError(
-                f"Method {spec.name!r} has no option {name!r}; its options are: {', '.join(takes) or 'none'}."
-            )
+    for name, value in {**page, **spec.options}.items():
+        if name not in option_names(spec.name):
+            raise _not_taken(spec.name, name)
         value = _check_option(specs[name], value)
-        if value is not None:  # left empty: the method's default
+        if value is not None:  # left empty: the library's default
             checked[name] = value
     try:
-        resolve_method(spec.name, checked)
+        resolve_method(spec.name, checked, model=model)
     except (ValueError, TypeError) as err:
         raise InputError(str(err)) from None
-    if seed is None or isinstance(seed, bool) or not isinstance(seed, int | float) or seed != int(seed):
+    if seed is None or isinstance(seed, bool) or not isinstance(seed, int | float) or not math.isfinite(seed):
         raise InputError(f"The seed must be a whole number from 0 to {MAX_SEED}, got {seed!r}.")
+    if seed != int(seed):
+        raise InputError(f"The seed must be a whole number from 0 to {MAX_SEED}, got {_number_text(seed)}.")
     if not 0 <= seed <= MAX_SEED:
         raise InputError(f"The seed must be between 0 and {MAX_SEED}, got {int(seed)}.")
     return Request(prompt.strip(), spec.name, checked, int(seed))
+
+
+def config_options(config: Any) -> dict[str, Any]:
+    """The options a resolved method config runs with, as the page offers them (set ones only)."""
+    values = dataclasses.asdict(config)
+    return {name: values[name] for name in option_names(config.name) if values[name] is not None}

@@ -1,9 +1,10 @@
 """Pictures of *when* each image token was committed: the per-step view of a decoding run.
 
-Owns: the forward-index heat map (one cell per image token, coloured by the target forward
+Owns: the forward-index heat maps (one cell per image token, coloured by the target forward
 that committed it, outlined where neighbouring tokens came from different forwards, so a run
-of tokens accepted together shows as one outlined block) and the animated GIF of the token
-grids of two runs filling forward by forward, side by side.
+of tokens accepted together shows as one outlined block; several runs side by side share one
+colour scale and one colour bar) and the animated GIF of the token grids of two runs filling
+forward by forward, side by side.
 
 Input is ``GenerateOutput.token_forward_index[b]`` for one image (``forward_N[n]`` = the
 forward that committed token ``n``, raster order; 0 = the prefill) and the decoded image.
@@ -51,17 +52,8 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
-def heat_map(
-    forward_N: np.ndarray, num_forwards: int | None = None, cell: int = 16, title: str = ""
-) -> Image.Image:
-    """The token grid coloured by the forward that committed each token, with a legend.
-
-    ``num_forwards`` fixes the colour scale (default: the run's own forwards, so the first
-    forward is dark and the last bright). White lines separate tokens committed by different
-    forwards: a block without inner lines was accepted by one forward. ``title`` goes above.
-    """
-    forward_N = np.asarray(forward_N)
-    num_forwards = int(forward_N.max()) + 1 if num_forwards is None else num_forwards
+def _grid_pixels(forward_N: np.ndarray, num_forwards: int, cell: int) -> np.ndarray:
+    """The token grid as RGB pixels on the scale 0 .. ``num_forwards - 1``, with block outlines."""
     side = grid_side(forward_N.size)
     grid_HW = forward_N.reshape(side, side)
     rgb_HW3 = colormap(grid_HW / max(num_forwards - 1, 1))
@@ -74,20 +66,72 @@ def heat_map(
     edge[left] = grid_HW[r[left], c[left]] != grid_HW[r[left], c[left] - 1]
     edge[top] |= grid_HW[r[top], c[top]] != grid_HW[r[top] - 1, c[top]]
     pixels[edge] = _EDGE
+    return pixels
 
-    width = side * cell
-    legend = Image.new("RGB", (width, 34), (255, 255, 255))
-    bar = colormap(np.linspace(0, 1, width))[None].repeat(10, axis=0)
-    legend.paste(Image.fromarray(bar), (0, 2))
+
+def _colourbar(width: int, num_forwards: int, caption: str, pad: int) -> Image.Image:
+    """A colour bar ``width`` wide for forwards 0 .. ``num_forwards - 1``, ticks, a caption; ``pad``
+    of margin each side, where the end tick labels overhang."""
+    bar_h, tick_h = 12, 4
+    legend = Image.new("RGB", (width + 2 * pad, bar_h + tick_h + 34), (255, 255, 255))
+    bar = colormap(np.linspace(0, 1, width))[None].repeat(bar_h, axis=0)
+    legend.paste(Image.fromarray(bar), (pad, 0))
     draw, font = ImageDraw.Draw(legend), _font(11)
-    draw.text((0, 14), "forward 0", fill=(0, 0, 0), font=font)
-    draw.text((width, 14), f"{num_forwards - 1}", fill=(0, 0, 0), font=font, anchor="ra")
-    top = 20 if title else 0
-    out = Image.new("RGB", (width, top + width + legend.height), (255, 255, 255))
-    if title:
-        ImageDraw.Draw(out).text((0, 3), title, fill=(0, 0, 0), font=_font(12))
-    out.paste(Image.fromarray(pixels), (0, top))
-    out.paste(legend, (0, top + width))
+    last = max(num_forwards - 1, 1)
+    step = max(1, 10 ** math.floor(math.log10(last)))
+    if last / step < 3:
+        step //= 2 if step >= 2 else 1
+    ticks = [*range(0, last - step // 2, step), last] if last > 1 else [0, 1]
+    for t in ticks:
+        x = pad + round(t / last * (width - 1))
+        draw.line([(x, bar_h), (x, bar_h + tick_h)], fill=(0, 0, 0))
+        draw.text((x, bar_h + tick_h + 1), str(t), fill=(0, 0, 0), font=font, anchor="ma")
+    draw.text((pad + width // 2, bar_h + tick_h + 17), caption, fill=(0, 0, 0), font=font, anchor="ma")
+    return legend
+
+
+def heat_map(
+    forward_N: np.ndarray, num_forwards: int | None = None, cell: int = 16, title: str = ""
+) -> Image.Image:
+    """The token grid coloured by the forward that committed each token, with a colour bar.
+
+    ``num_forwards`` fixes the colour scale (default: the run's own forwards, so the first
+    forward is dark and the last bright). White lines separate tokens committed by different
+    forwards: a block without inner lines was accepted by one forward. ``title`` goes above.
+    """
+    return heat_maps([(title, forward_N)], num_forwards=num_forwards, cell=cell)
+
+
+def heat_maps(
+    runs: list[tuple[str, np.ndarray]],
+    num_forwards: int | None = None,
+    cell: int = 12,
+    gap: int = 24,
+    pad: int = 12,
+) -> Image.Image:
+    """Several runs' token grids side by side on ONE colour scale, with one colour bar under them.
+
+    ``runs``: (title, forward_N) each. The scale runs from forward 0 to ``num_forwards - 1``
+    (default: the longest run's last forward), so the same colour means the same forward in
+    every grid: a run that needed fewer forwards stays in the dark part of the scale.
+    """
+    forwards = [np.asarray(fwd) for _, fwd in runs]
+    if num_forwards is None:
+        num_forwards = max(int(fwd.max()) for fwd in forwards) + 1
+    panels = [_grid_pixels(fwd, num_forwards, cell) for fwd in forwards]
+    side = panels[0].shape[0]
+    width = len(panels) * side + (len(panels) - 1) * gap
+    top = 20 if any(title for title, _ in runs) else 0
+    caption = "forward that committed the token" + (" (one scale for all maps)" if len(runs) > 1 else "")
+    legend = _colourbar(width, num_forwards, caption, pad)
+    out = Image.new("RGB", (width + 2 * pad, top + side + 6 + legend.height), (255, 255, 255))
+    draw = ImageDraw.Draw(out)
+    for i, ((title, _), pixels) in enumerate(zip(runs, panels, strict=True)):
+        x = pad + i * (side + gap)
+        if title:
+            draw.text((x, 3), title, fill=(0, 0, 0), font=_font(12))
+        out.paste(Image.fromarray(pixels), (x, top))
+    out.paste(legend, (0, top + side + 6))
     return out
 
 

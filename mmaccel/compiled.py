@@ -2,8 +2,16 @@
 
 Owns: the declared (batch, query-length) buckets of a step function, the compiled callable
 (``torch.compile(fullgraph=True)``) or, on CUDA, one captured CUDA graph per bucket with its
-static input buffers. Inputs are copied into the static buffers before each replay; outputs
-are cloned out so a later replay cannot overwrite what the caller holds.
+static input buffers, and ``resolve_mode`` (what ``compile="auto"`` means on a device).
+
+A step is ``fn(*args, *inputs)``: ``args`` are fixed for the life of the step (model, cache,
+state, configs), ``inputs`` are the tensors that change per call (for the whole verify step:
+the flat draws). In ``compile`` mode the compiled function is shared by every step of the
+same ``kind`` in the process (one code object per kind, so dynamo's cache and its recompile
+limit are per kind), and a second image of the same shape runs the graph the first one
+compiled. In ``cudagraph`` mode, inputs are copied into static buffers before each replay;
+warm-up runs on a side stream with every tensor in ``mutated`` saved before and restored
+after, so warming up advances no decoding state.
 
 Must never: silently run a shape it did not declare (that would recompile or re-capture on
 the hot path); capture before warm-up; capture on the default stream.
@@ -11,55 +19,139 @@ the hot path); capture before warm-up; capture on the default stream.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import logging
+import types
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from typing import Any
 
 import torch
 
-MODES = ("eager", "compile", "cudagraph")
+log = logging.getLogger(__name__)
+MODES = ("auto", "eager", "compile", "cudagraph")
+_COMPILED: dict[Hashable, Callable] = {}  # kind -> torch.compile'd private copy of a step function
+
+
+# ``auto`` on a CPU: compiling a whole step costs about this many seconds of this machine's time
+# (measured: 20-60 s on 2 cores). A kind is run eagerly until the process has spent as long
+# running it, then compiled: the ski-rental rule, never more than about twice the better choice
+# made in hindsight (one-off calls and tests stay eager; benchmarks and servers compile).
+COMPILE_AFTER_S = 30.0
+_EAGER_S: dict[Hashable, float] = {}  # kind -> seconds spent running it eagerly (auto mode)
+_FAILED: set[Hashable] = set()  # kinds that torch.compile refused (auto then stays eager)
+
+
+def resolve_mode(mode: str, device: torch.device | str, kind: Hashable | None = None) -> str:
+    """What ``mode`` means for a step of ``kind`` on ``device``.
+
+    ``auto``: one CUDA graph per bucket on CUDA; on a CPU ``torch.compile`` of the whole step
+    once this process has run the kind eagerly for ``COMPILE_AFTER_S`` seconds (or compiled it
+    already), eager before that and for kinds the compiler refused.
+    """
+    if mode not in MODES:
+        raise ValueError(f"compile must be one of {', '.join(MODES)}; got {mode!r}")
+    if mode != "auto":
+        return mode
+    if torch.device(device).type == "cuda":
+        return "cudagraph"
+    if kind in _FAILED:
+        return "eager"
+    return "compile" if kind in _COMPILED or _EAGER_S.get(kind, 0.0) >= COMPILE_AFTER_S else "eager"
+
+
+def record_eager(kind: Hashable, seconds: float) -> None:
+    """Count ``seconds`` of eager running of ``kind`` towards ``auto``'s decision to compile it."""
+    _EAGER_S[kind] = _EAGER_S.get(kind, 0.0) + seconds
+
+
+def compiled_for(fn: Callable, kind: Hashable) -> Callable:
+    """``torch.compile(fullgraph=True)`` of ``fn``, one per ``kind`` per process.
+
+    Each kind compiles a private copy of ``fn``'s code object: dynamo keys its cache (and its
+    limit of recompiles) on the code object, so steps of different kinds neither evict each
+    other nor fall back to eager after a handful of shapes.
+    """
+    if kind not in _COMPILED:
+        code = fn.__code__.replace()
+        copy = types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+        copy.__kwdefaults__ = fn.__kwdefaults__
+        _COMPILED[kind] = torch.compile(copy, fullgraph=True, dynamic=False)
+    return _COMPILED[kind]
 
 
 class CompiledStep:
-    """Run ``fn(*inputs)`` whose first input has shape ``[B, T, ...]``, for declared (B, T).
+    """Run ``fn(*args, *inputs)`` for declared buckets (by default ``inputs[0].shape[:2]``).
 
     Args:
-        fn: a function of tensors only, returning a tensor; its side effects (cache writes)
-            must go to tensors that live at fixed addresses.
+        fn: a function of ``args`` and tensors; its side effects (cache and state writes) must
+            go to tensors that live at fixed addresses.
         buckets: the (batch, query-length) shapes this step may be called with.
         mode: ``eager`` (call ``fn``), ``compile`` (``torch.compile(fullgraph=True)``),
-            ``cudagraph`` (capture per bucket; CUDA only).
+            ``cudagraph`` (capture per bucket; CUDA only). ``auto`` is resolved by the caller
+            (``resolve_mode``).
+        args: the fixed leading arguments of ``fn``.
+        kind: the key under which the compiled function is shared across steps (default: a
+            private one per step).
+        fallback: when compiling fails (the first call), run eagerly instead and remember the
+            kind (``auto``); otherwise the compiler's error is raised (an explicit ``compile``).
+        mutated: tensors ``fn`` writes (saved and restored around CUDA-graph warm-up).
         warmup: eager runs on a side stream before capturing a bucket.
     """
 
     def __init__(
         self,
-        fn: Callable[..., torch.Tensor],
+        fn: Callable[..., Any],
         buckets: Iterable[tuple[int, int]],
         mode: str = "eager",
+        *,
+        args: Sequence[Any] = (),
+        kind: Hashable | None = None,
+        mutated: Sequence[torch.Tensor] = (),
         warmup: int = 2,
+        fallback: bool = False,
     ) -> None:
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
-        self.fn, self.mode, self.warmup = fn, mode, warmup
+        if mode not in MODES or mode == "auto":
+            raise ValueError(f"mode must be one of eager, compile, cudagraph; got {mode!r}")
+        self.fn, self.mode, self.args, self.mutated, self.warmup = (
+            fn,
+            mode,
+            tuple(args),
+            tuple(mutated),
+            warmup,
+        )
         self.buckets = frozenset((int(b), int(t)) for b, t in buckets)
         if not self.buckets:
             raise ValueError("CompiledStep needs at least one (batch, query-length) bucket")
-        self._compiled = torch.compile(fn, fullgraph=True, dynamic=False) if mode == "compile" else None
-        self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, tuple, torch.Tensor]] = {}
+        self._compiled = None
+        self.kind = kind if kind is not None else ("private", id(self))
+        self.fallback = fallback
+        if mode == "compile":
+            self._compiled = compiled_for(fn, self.kind)
+        self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, tuple, Any]] = {}
 
-    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
-        key = tuple(inputs[0].shape[:2])
+    def __call__(self, *inputs: torch.Tensor, bucket: tuple[int, int] | None = None) -> Any:
+        key = tuple(inputs[0].shape[:2]) if bucket is None else tuple(bucket)
         if key not in self.buckets:
             raise ValueError(
                 f"CompiledStep called with (batch, query-length) {key}, which is not a declared bucket "
                 f"{sorted(self.buckets)}"
             )
         if self.mode == "eager":
-            return self.fn(*inputs)
+            return self.fn(*self.args, *inputs)
         if self.mode == "compile":
-            return self._compiled(*inputs)
+            if not self.fallback:
+                return self._compiled(*self.args, *inputs)
+            try:  # tracing runs on fake tensors: a refused compile has changed no state
+                return self._compiled(*self.args, *inputs)
+            except Exception as err:  # noqa: BLE001 - any compiler failure; the step itself is sound
+                log.warning("torch.compile failed for this step (%s: %s); running it eagerly",
+                            type(err).__name__, str(err).splitlines()[0] if str(err) else "")  # fmt: skip
+                _FAILED.add(self.kind)
+                _COMPILED.pop(self.kind, None)
+                self.mode, self.fallback = "eager", False
+                return self.fn(*self.args, *inputs)
         return self._replay(key, inputs)
 
-    def _replay(self, key, inputs) -> torch.Tensor:
+    def _replay(self, key, inputs) -> Any:
         if not inputs[0].is_cuda:
             raise RuntimeError("CompiledStep mode 'cudagraph' needs CUDA tensors; use 'compile' or 'eager'")
         if key not in self._graphs:
@@ -68,17 +160,20 @@ class CompiledStep:
         for buf, x in zip(static_inputs, inputs, strict=True):
             buf.copy_(x)
         graph.replay()
-        return static_out.clone()
+        return static_out.clone() if isinstance(static_out, torch.Tensor) else static_out
 
     def _capture(self, inputs):
         static_inputs = tuple(x.clone() for x in inputs)
+        saved = [t.clone() for t in self.mutated]
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(self.warmup):
-                self.fn(*static_inputs)
+                self.fn(*self.args, *static_inputs)
         torch.cuda.current_stream().wait_stream(side)
+        for t, s in zip(self.mutated, saved, strict=True):  # warm-up must not advance the decode
+            t.copy_(s)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            static_out = self.fn(*static_inputs)
+        with torch.cuda.graph(graph):  # recorded, not run: the state is untouched until replay
+            static_out = self.fn(*self.args, *static_inputs)
         return graph, static_inputs, static_out

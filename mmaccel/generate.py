@@ -9,6 +9,7 @@ Must never: decode outside ``verify_step`` or fall back silently to another meth
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,13 +17,14 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from mmaccel.compiled import MODES, CompiledStep
-from mmaccel.drafters import DraftContext
+from mmaccel import window
+from mmaccel.compiled import MODES, CompiledStep, record_eager, resolve_mode
+from mmaccel.drafters import DraftContext, NoDraft
 from mmaccel.methods import JacobiConfig, MethodConfig, ZipARConfig, build, resolve_method
 from mmaccel.models import CausalLM, as_causal_lm
-from mmaccel.sampling import SamplingConfig, sample
-from mmaccel.verify import DecodeState, target_probs, verify_step
-from mmaccel.zipar import ZipARLayout, ZipARRunner, num_streams
+from mmaccel.sampling import Draws, SamplingConfig, sample
+from mmaccel.verify import DecodeState, step_draws, target_probs, verify_step
+from mmaccel.zipar import ZipARLayout, ZipARRunner, num_streams, zipar_forward_passes, zipar_step
 
 
 @dataclass
@@ -115,7 +117,7 @@ def generate(
     cfg_scale: float | None = None,
     uncond_input_ids: torch.Tensor | None = None,
     uncond_attention_mask: torch.Tensor | None = None,
-    compile: str = "eager",
+    compile: str = "auto",
     progress: bool = False,
     **method_options: Any,
 ) -> GenerateOutput:
@@ -135,7 +137,8 @@ def generate(
             (default: ``eos_token_id``, else 0).
         cfg_scale, uncond_input_ids: classifier-free guidance on a doubled batch; the
             unconditional rows see the same drafts and the guided logits are what is verified.
-        compile: ``eager``, ``compile`` (torch.compile of the decode forward) or ``cudagraph``.
+        compile: how the verify step runs: ``auto`` (default: one CUDA graph of the whole step
+            on CUDA, ``torch.compile`` of it elsewhere), ``eager``, ``compile`` or ``cudagraph``.
         progress: show a progress bar.
 
     Raises:
@@ -222,10 +225,28 @@ def _decode(
 ) -> GenerateOutput:
     t0 = time.perf_counter()
     device = _device_of(lm)
+    rows, prompt_T = ids_BT.shape
+    zipar_streams, base = 1, 1.0
+    if isinstance(config, ZipARConfig):
+        H = max_new_tokens // grid_width
+        zipar_streams = num_streams(H, grid_width, config.zipar_window)
+        base = max_new_tokens / zipar_forward_passes(
+            H, grid_width, config.zipar_window
+        )  # rows active per step
+    # the method on this model, whatever its window: acceptance seen with one window informs the others
+    window_key = (id(getattr(lm, "gpt", None) or getattr(lm, "model", None) or lm),
+                  dataclasses.replace(config, window="auto") if isinstance(config, JacobiConfig) else config, sampling)  # fmt: skip
+    if isinstance(config, JacobiConfig) and config.window == "auto":
+        if config.name == "zipar":
+            config = dataclasses.replace(config, window=0)
+        else:
+            K = window.choose(window_key, (rows, prompt_T, max_new_tokens), lm, rows,
+                              prompt_T + max_new_tokens + zipar_streams * (max(window.CANDIDATES) + 1), zipar_streams,
+                              base=base)  # fmt: skip
+            config = dataclasses.replace(config, window=K)
     drafter, acceptor = build(config, lm)
     K = drafter.window
     B = input_ids.shape[0]
-    rows, prompt_T = ids_BT.shape
     ids_BT, lens_B = ids_BT.to(device), lens_B.to(device)
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
     zipar = None
@@ -249,37 +270,31 @@ def _decode(
     done_B = ones_B >= max_new_tokens
     if eos_token_id is not None:
         done_B |= first_B == eos_token_id
+    ctx = DraftContext(lm.vocab_size, grid_width, generator, history_BN, ones_B.clone())
+    draft = drafter.start(ctx, first_B) if zipar is None else NoDraft().start(ctx, first_B)
     # a step emits at most one block's worth of tokens per row
-    state = DecodeState(
-        first_B, ones_B, done_B, ones_B.clone(), torch.zeros(block + 1, dtype=torch.long, device=device)
-    )
+    state = DecodeState(first_B.clone(), ctx.num_generated_B, done_B, ones_B.clone(),
+                        torch.zeros(block + 1, dtype=torch.long, device=device), draft.tokens_BK.clone(),
+                        draft.q_BKV.clone(), torch.zeros_like(history_BN), torch.zeros(1, dtype=torch.long, device=device))  # fmt: skip
     state.emitted_hist_T[1] += B
-    ctx = DraftContext(lm.vocab_size, grid_width, generator, history_BN, state.num_generated_B)
 
+    # what makes two calls the same compiled step (the same weights' module, method, sampling, shapes)
+    module = getattr(lm, "gpt", None) or getattr(lm, "model", None) or lm
+    kind = (type(lm).__qualname__, id(module), config, sampling, rows, block, max_new_tokens,
+            eos_token_id, cache.capacity, str(device))  # fmt: skip
     if zipar is not None:
-        # positions and masks come from the ZipAR schedule, not from the fill length
-        def forward_streams(tokens_BT, pos_BT, slots_BT, mask_BTS):
-            return lm.forward(tokens_BT, pos_BT, cache, slots_BT, mask_BTS)
-
-        runner = ZipARRunner(zipar, CompiledStep(forward_streams, [(rows, block)], mode=compile_mode), cache,
-                             drafter, acceptor, sampling, ctx, state, lens_B)  # fmt: skip
-        advance = runner.step
+        runner = ZipARRunner(zipar, cache, drafter, acceptor, sampling, ctx, state, lens_B, lm)
+        fn, args, shapes, mutated = zipar_step, (runner,), runner.draws_shapes(), runner.tensors()
     else:
-
-        def forward_block(tokens_BT: torch.Tensor) -> torch.Tensor:
-            slots = cache.slots(tokens_BT.shape[1])
-            return lm.forward(tokens_BT, slots, cache, slots, cache.attn_mask(tokens_BT.shape[1]))
-
-        step = CompiledStep(forward_block, [(rows, K + 1)], mode=compile_mode)
-        draft = drafter.start(ctx, first_B)
-        generated_after_F = [state.num_generated_B.clone()]  # device tensors: no sync per step
-
-        def advance() -> None:
-            nonlocal draft
-            draft = verify_step(
-                step, cache, drafter, acceptor, draft, state, ctx, sampling, max_new_tokens, eos_token_id
-            )
-            generated_after_F.append(state.num_generated_B.clone())
+        fn = verify_step
+        args = (lm, cache, drafter, acceptor, sampling, state, ctx, max_new_tokens, eos_token_id)
+        shapes = step_draws(drafter, acceptor, B, lm.vocab_size)
+        mutated = [*state.tensors(), history_BN, cache.lens_B, *cache.k, *cache.v]
+    kind = (fn.__name__, *kind)
+    mode = resolve_mode(compile_mode, device, kind)
+    step = CompiledStep(fn, [(rows, block)], mode, args=args, kind=kind, mutated=mutated,
+                        fallback=compile_mode == "auto")  # fmt: skip
+    t_loop = time.perf_counter()
 
     forwards = 1
     bar = tqdm(total=B * max_new_tokens, disable=not progress, desc=f"mmaccel {config.name}", unit="tok")
@@ -291,9 +306,16 @@ def _decode(
         emitted = total
         if all_done:
             break
-        advance()
+        step(Draws.draw(shapes, generator, device), bucket=(rows, block))
         forwards += 1
     bar.close()
+    loop_s = time.perf_counter() - t_loop
+    if step.mode == "eager" and compile_mode == "auto":
+        record_eager(kind, loop_s)
+    if forwards > 1:
+        hist = state.emitted_hist_T.cpu().tolist()
+        hist[1] -= B  # the prefill's token is not a verify step
+        window.record(window_key, K, hist, loop_s)
 
     pad = pad_token_id if pad_token_id is not None else (eos_token_id if eos_token_id is not None else 0)
     new_BN = ctx.history_BN[:, :max_new_tokens]
@@ -302,11 +324,6 @@ def _decode(
     )
     new_BN = new_BN.cpu()
     sequences = torch.cat([input_ids.cpu(), new_BN.to(input_ids.dtype)], dim=1)
-    if zipar is not None:  # tokens are not emitted in raster order: the runner records each one
-        token_forward_BN = runner.token_forward_BN[:, :max_new_tokens].cpu()
-    else:  # token n was committed by the first forward f after which more than n tokens existed
-        gen_FB = torch.stack(generated_after_F).cpu()
-        token_forward_BN = (gen_FB[:, :, None] <= torch.arange(max_new_tokens)[None, None]).sum(0)
     return GenerateOutput(
         sequences=sequences,
         new_tokens=new_BN,
@@ -316,7 +333,7 @@ def _decode(
         accepted_histogram=state.emitted_hist_T.cpu().tolist(),
         latency_s=time.perf_counter() - t0,
         method=config,
-        token_forward_index=token_forward_BN,
+        token_forward_index=state.token_forward_BN[:, :max_new_tokens].cpu(),
     )
 
 

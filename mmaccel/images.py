@@ -117,7 +117,7 @@ def generate_image(
     top_k: int = 0,
     top_p: float = 1.0,
     return_output: bool = False,
-    compile: str = "eager",
+    compile: str = "auto",
     progress: bool = False,
     **method_options: Any,
 ) -> Image.Image | list[Image.Image] | ImageOutput:
@@ -132,6 +132,8 @@ def generate_image(
         temperature: softmax temperature of the target distribution; default: the model's
             (``ImageModel.default_temperature``, picked on tuning prompts for the embedded model).
         top_k, top_p: the rest of the target distribution every method is verified against.
+        compile: how the verify step runs (``mmaccel.generate``): ``auto`` (default), ``eager``,
+            ``compile`` or ``cudagraph``.
         return_output: return an ``ImageOutput`` with statistics instead of the image(s).
         method_options: e.g. ``window=16``, ``init="vertical"``. Options not given take the
             model's validated best setting for the method where it ships one

@@ -32,12 +32,14 @@ class JacobiConfig:
     ``jacobi``: drafts kept while they equal the target's own draw (exact match).
     ``sjd``: drafts kept with probability min(1, p/q) (speculative Jacobi decoding).
     ``sjd-coupled``: as ``sjd`` with redraws coupled to the previous draft (MC-SJD).
+    ``window``: drafts per step, or ``"auto"``: the number that maximises expected tokens per
+    second on this device and batch (``mmaccel.window``; 0 = plain decoding with this acceptor).
     ``init``: how new window slots start: random, horizontal (left neighbour) or vertical
     (the token one grid row up; needs ``grid_width`` or a model that declares one).
     """
 
     name: str = "sjd"
-    window: int = 16
+    window: int | str = 16
     init: str = "random"
     grid_width: int | None = None
 
@@ -71,11 +73,14 @@ class ZipARConfig(LanternConfig):
     """
 
     name: str = "zipar"
-    window: int = 8
+    window: int | str = 8
     zipar_window: int = 8
 
 
 MethodConfig = ARConfig | JacobiConfig
+# methods whose output is distributed exactly as plain sampling from the target
+LOSSLESS = frozenset({"ar", "jacobi", "sjd", "sjd-coupled"})
+LANTERN_DEFAULT_DELTA = 0.1  # the budget when neither lantern_delta nor lantern_lambda is given
 ZIPAR_ACCEPTORS = {"zipar": "sjd", "zipar+sjd": "sjd", "zipar+lantern": "lantern"}
 
 METHODS: dict[str, type] = {
@@ -94,7 +99,8 @@ DESCRIPTIONS: dict[str, str] = {
     "jacobi": "Jacobi window, drafts kept while equal to the target's own draws; lossless",
     "sjd": "speculative Jacobi decoding (arXiv 2410.01699), accept with min(1, p/q); lossless",
     "sjd-coupled": "SJD with redraws coupled to the previous draft (MC-SJD, arXiv 2510.24211); lossless",
-    "lantern": "SJD window with LANTERN's latent-relaxed acceptance (arXiv 2410.03355); lossy, TV <= lantern_delta per step",
+    "lantern": "SJD window with LANTERN's latent-relaxed acceptance (arXiv 2410.03355); lossy: TV <= lantern_delta "
+    "per step with lantern_rule='bounded', measured (not bounded) with the published rule 'paper'",
     "zipar": "ZipAR (arXiv 2412.04062): rows start once the row above has zipar_window tokens; lossy",
     "zipar+sjd": "ZipAR with an SJD window on every active row, verified in the same forward; lossy",
     "zipar+lantern": "ZipAR with a LANTERN-verified window on every active row; lossy",
@@ -184,8 +190,10 @@ def resolve_method(method: str | MethodConfig, options: dict[str, Any], model: A
 
 def _validate(config: MethodConfig) -> None:
     if isinstance(config, JacobiConfig):
-        if not isinstance(config.window, int) or config.window < 1:
-            raise ValueError(f"window must be an integer >= 1, got {config.window!r}")
+        if config.window != "auto" and (not isinstance(config.window, int) or config.window < 0):
+            raise ValueError(
+                f"window must be an integer >= 0 (0: no drafts) or 'auto', got {config.window!r}"
+            )
         if config.init not in INITS:
             raise ValueError(f"init must be one of {', '.join(INITS)}; got {config.init!r}")
         if config.grid_width is not None and config.grid_width < 1:
@@ -227,8 +235,17 @@ def build(config: MethodConfig, lm: Any = None) -> tuple[Drafter, Acceptor]:
     """The drafter and acceptor of a method (``lm``: the model, for methods that read it)."""
     if isinstance(config, ARConfig):
         return NoDraft(), ExactMatch()
+    if isinstance(config, JacobiConfig) and config.window == "auto":
+        raise ValueError("window='auto' is chosen by mmaccel.generate; build() needs a number")
+    if isinstance(config, JacobiConfig) and not isinstance(config, ZipARConfig) and config.window == 0:
+        # no drafts: every acceptor then samples p at the pending position, which is plain decoding
+        return NoDraft(), ExactMatch()
     if isinstance(config, ZipARConfig):
-        drafter = NoDraft() if config.name == "zipar" else JacobiDrafter(config.window, config.init)
+        drafter = (
+            NoDraft()
+            if config.name == "zipar" or config.window == 0
+            else JacobiDrafter(config.window, config.init)
+        )
         if ZIPAR_ACCEPTORS[config.name] == "sjd":
             return drafter, SJDAcceptor()
     else:
@@ -242,7 +259,9 @@ def build(config: MethodConfig, lm: Any = None) -> tuple[Drafter, Acceptor]:
         )
         lam = config.lantern_lambda
         delta = (
-            None if lam is not None else (config.lantern_delta if config.lantern_delta is not None else 0.1)
+            None
+            if lam is not None
+            else (config.lantern_delta if config.lantern_delta is not None else LANTERN_DEFAULT_DELTA)
         )
         return drafter, LanternAcceptor(table, delta, lam, config.lantern_rule)
     acceptor = ExactMatch() if config.name == "jacobi" else SJDAcceptor()

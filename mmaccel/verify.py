@@ -1,36 +1,53 @@
 """The shared verify step: propose -> one target forward -> accept -> commit/rollback.
 
-Owns: one step of every method: run the target once over ``[pending, drafts]``, turn logits
-into the processed target ``p`` (guidance first, so acceptance sees the guided
-distribution), let the acceptor decide, write the emitted tokens to the history, commit the
-kept prefix to the cache (the rejected tail is rolled back simply by not counting it), and
-move the drafter on. Every method is a drafter plus an acceptor driven by this step.
+Owns: one step of every raster method as ONE function of tensors: run the target once over
+``[pending, drafts]``, turn logits into the processed target ``p`` (guidance first, so
+acceptance sees the guided distribution), let the acceptor decide, write the emitted tokens to
+the history, commit the kept prefix to the cache (the rejected tail is rolled back simply by
+not counting it), and move the drafter on. Every method is a drafter plus an acceptor driven
+by this step. Its only input that changes from step to step is the flat tensor of U[0, 1)
+draws (made before the step with the call's generator); everything else it reads and writes
+lives in ``DecodeState``, the context and the cache, at fixed addresses, and is updated in
+place. That is what lets ``CompiledStep`` compile the whole step as one graph
+(``torch.compile(fullgraph=True)``) or capture it as one CUDA graph.
 
-Must never: sync with the host (the generate loop may, once per iteration).
+Must never: sync with the host (the generate loop may, once per iteration), call a random
+number generator, or rebind a state tensor (write into it instead).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
 from mmaccel.acceptors import Acceptor
 from mmaccel.cache import StaticKVCache
-from mmaccel.compiled import CompiledStep
 from mmaccel.drafters import Draft, DraftContext, Drafter
-from mmaccel.sampling import SamplingConfig, apply_cfg, process_logits
+from mmaccel.models import CausalLM
+from mmaccel.sampling import Draws, SamplingConfig, Shapes, apply_cfg, prefixed, process_logits
 
 
 @dataclass
 class DecodeState:
-    """Per-row decoding state; every field is a device tensor of leading size B."""
+    """Per-row decoding state; every field is a device tensor, written in place by each step."""
 
     pending_B: torch.Tensor  # token emitted last, not yet in the cache
     num_generated_B: torch.Tensor  # int64: tokens emitted so far (pending included)
     done_B: torch.Tensor  # bool
     steps_B: torch.Tensor  # int64: verify steps while active (per-row forward passes)
     emitted_hist_T: torch.Tensor  # int64 [block + 1]: steps that emitted k tokens
+    draft_tokens_BK: torch.Tensor  # int64: the drafts the next step verifies
+    draft_q_BKV: torch.Tensor  # float: the distribution each draft was drawn from
+    token_forward_BN: torch.Tensor  # int64: which forward committed each generated token
+    forwards_1: torch.Tensor  # int64 [1]: verify forwards so far (the prefill is forward 0)
+
+    @property
+    def draft(self) -> Draft:
+        return Draft(self.draft_tokens_BK, self.draft_q_BKV)
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [getattr(self, f.name) for f in fields(self)]
 
 
 def target_probs(logits_BTV: torch.Tensor, sampling: SamplingConfig) -> torch.Tensor:
@@ -45,32 +62,43 @@ def cfg_rows(x_B: torch.Tensor, sampling: SamplingConfig) -> torch.Tensor:
     return torch.cat([x_B, x_B]) if sampling.cfg_scale is not None else x_B
 
 
+def step_draws(drafter: Drafter, acceptor: Acceptor, B: int, V: int) -> Shapes:
+    """Every U[0, 1) number one verify step of B rows consumes, by consumer."""
+    return prefixed(
+        {"accept": acceptor.draws_shapes(B, drafter.window, V), "draft": drafter.update_draws(B, V)}
+    )
+
+
 def verify_step(
-    step: CompiledStep,
+    lm: CausalLM,
     cache: StaticKVCache,
     drafter: Drafter,
     acceptor: Acceptor,
-    draft: Draft,
+    sampling: SamplingConfig,
     state: DecodeState,
     ctx: DraftContext,
-    sampling: SamplingConfig,
     max_new_tokens: int,
     eos_token_id: int | None,
-) -> Draft:
-    """One verify step for all rows; updates ``cache``, ``state`` and ``ctx``; returns the next draft.
+    draws_N: torch.Tensor,  # [plan size] U[0, 1), cut by ``step_draws``
+) -> None:
+    """One verify step for all rows, in place on ``cache``, ``state`` and ``ctx.history_BN``.
 
     Rows already done are still run (shapes stay static) but emit and commit nothing.
     """
-    K = draft.tokens_BK.shape[1]
-    tokens_BT = torch.cat([state.pending_B[:, None], draft.tokens_BK], dim=1)
-    p_BTV = target_probs(step(cfg_rows(tokens_BT, sampling)), sampling)
-    acc = acceptor.accept(draft.tokens_BK, draft.q_BKV, p_BTV, ctx.generator)
+    tokens_BK, q_BKV = state.draft_tokens_BK, state.draft_q_BKV
+    B, K = tokens_BK.shape
+    draws = Draws.split(draws_N, step_draws(drafter, acceptor, B, ctx.vocab_size))
+    tokens_BT = torch.cat([state.pending_B[:, None], tokens_BK], dim=1)
+    slots_BT = cache.slots(K + 1)
+    logits = lm.forward(cfg_rows(tokens_BT, sampling), slots_BT, cache, slots_BT, cache.attn_mask(K + 1))
+    p_BTV = target_probs(logits, sampling)
+    acc = acceptor.accept(tokens_BK, q_BKV, p_BTV, draws.sub("accept"))
 
     # emitted this step: the n kept drafts, then the next token
     arange_T = torch.arange(K + 1, device=tokens_BT.device)[None]
     next_B1 = acc.next_token_B[:, None]
     emitted_BT = torch.where(
-        arange_T < acc.num_accepted_B[:, None], torch.cat([draft.tokens_BK, next_B1], 1), next_B1
+        arange_T < acc.num_accepted_B[:, None], torch.cat([tokens_BK, next_B1], 1), next_B1
     )
     count_B = torch.minimum(acc.num_accepted_B + 1, max_new_tokens - state.num_generated_B)
     hit_eos_B = torch.zeros_like(state.done_B)
@@ -78,22 +106,27 @@ def verify_step(
         is_eos_BT = (emitted_BT == eos_token_id) & (arange_T < count_B[:, None])
         hit_eos_B = is_eos_BT.any(1)
         count_B = torch.where(hit_eos_B, is_eos_BT.int().argmax(1) + 1, count_B)
-    was_done_B = state.done_B
+    was_done_B = state.done_B.clone()
     count_B = torch.where(was_done_B, 0, count_B)
 
-    # history: emitted[i] goes to index num_generated + i for i < count
+    # history: emitted[i] goes to index num_generated + i for i < count (the rest to a scratch slot)
     N = ctx.history_BN.shape[1]
-    idx_BT = (state.num_generated_B[:, None] + arange_T).clamp(max=N - 1)
     keep_BT = arange_T < count_B[:, None]
+    idx_BT = torch.where(keep_BT, state.num_generated_B[:, None] + arange_T, N - 1).clamp(max=N - 1)
     ctx.history_BN.scatter_(1, idx_BT, torch.where(keep_BT, emitted_BT, ctx.history_BN.gather(1, idx_BT)))
+    state.forwards_1.add_(1)
+    state.token_forward_BN.scatter_(
+        1, idx_BT, torch.where(keep_BT, state.forwards_1, state.token_forward_BN.gather(1, idx_BT))
+    )
 
     # the pending token and the n kept drafts enter the cache; the rejected tail is rolled back
     cache.commit(cfg_rows(count_B, sampling))
     last_B = emitted_BT.gather(1, (count_B - 1).clamp(min=0)[:, None])[:, 0]
-    state.pending_B = torch.where(count_B > 0, last_B, state.pending_B)
-    state.num_generated_B = state.num_generated_B + count_B
-    ctx.num_generated_B = state.num_generated_B
-    state.done_B = was_done_B | hit_eos_B | (state.num_generated_B >= max_new_tokens)
-    state.steps_B = state.steps_B + (~was_done_B).long()
+    state.pending_B.copy_(torch.where(count_B > 0, last_B, state.pending_B))
+    state.num_generated_B.add_(count_B)  # ctx.num_generated_B is this tensor: the drafter sees the new count
+    state.done_B.copy_(was_done_B | hit_eos_B | (state.num_generated_B >= max_new_tokens))
+    state.steps_B.add_((~was_done_B).long())
     state.emitted_hist_T.scatter_add_(0, count_B, (~was_done_B).long())
-    return drafter.update(ctx, draft, p_BTV, acc)
+    nxt = drafter.update(ctx, Draft(tokens_BK, q_BKV), p_BTV, acc, draws.sub("draft"))
+    state.draft_tokens_BK.copy_(nxt.tokens_BK)
+    state.draft_q_BKV.copy_(nxt.q_BKV)

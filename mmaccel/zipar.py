@@ -41,9 +41,9 @@ import torch
 
 from mmaccel.acceptors import Acceptance, Acceptor
 from mmaccel.cache import StaticKVCache
-from mmaccel.compiled import CompiledStep
 from mmaccel.drafters import Draft, DraftContext, Drafter
-from mmaccel.sampling import SamplingConfig
+from mmaccel.models import CausalLM
+from mmaccel.sampling import Draws, SamplingConfig, Shapes, prefixed
 from mmaccel.verify import DecodeState, cfg_rows, target_probs
 
 
@@ -66,12 +66,13 @@ class ZipARLayout:
 
 
 class ZipARRunner:
-    """Decodes one batch with ZipAR; ``step()`` is one forward of every active stream."""
+    """Decodes one batch with ZipAR; ``zipar_step(runner, draws_N)`` is one forward of every
+    active stream. Every tensor it reads and writes lives here, in ``state`` or in the cache, at
+    a fixed address (the step is compiled or captured whole)."""
 
     def __init__(
         self,
         layout: ZipARLayout,
-        lm_step: CompiledStep,
         cache: StaticKVCache,
         drafter: Drafter,
         acceptor: Acceptor,
@@ -79,17 +80,12 @@ class ZipARRunner:
         ctx: DraftContext,
         state: DecodeState,
         prompt_lens_R: torch.Tensor,  # [cache rows] prompt length (= position of image token 0)
+        lm: CausalLM,
     ) -> None:
-        self.L, self.step_fn, self.cache, self.drafter, self.acceptor = (
-            layout,
-            lm_step,
-            cache,
-            drafter,
-            acceptor,
-        )
+        self.L, self.cache, self.drafter, self.acceptor, self.lm = layout, cache, drafter, acceptor, lm
         self.sampling, self.ctx, self.state = sampling, ctx, state
         B, dev = state.num_generated_B.shape[0], cache.device
-        H, S = layout.rows, layout.streams
+        H, S, K, V = layout.rows, layout.streams, layout.drafts, ctx.vocab_size
         self.B = B
         self.count_BH = torch.zeros(B, H, dtype=torch.long, device=dev)
         self.count_BH[:, 0] = 1  # the prefill emitted token (0, 0)
@@ -98,10 +94,23 @@ class ZipARRunner:
         self.prompt_R = prompt_lens_R.long()
         # every committed slot's position: prompt slots hold positions 0..P-1
         self.slot_pos_RS = torch.arange(cache.capacity, device=dev)[None].repeat(cache.lens_B.shape[0], 1)
-        self.stream_row_BS = torch.full((B, S), -1, dtype=torch.long, device=dev)
-        self.draft: Draft | None = None
-        self.forwards = 0  # verify forwards so far (the prefill is forward 0)
-        self.token_forward_BN = torch.zeros_like(ctx.history_BN)  # which forward emitted each token
+        self.stream_row_BS = torch.full(
+            (B, S), -1, dtype=torch.long, device=dev
+        )  # -1: every window starts anew
+        self.draft_tokens_NK = torch.zeros(B * S, K, dtype=torch.long, device=dev)
+        self.draft_q_NKV = torch.zeros(B * S, K, V, device=dev)
+
+    def draws_shapes(self) -> Shapes:
+        """The U[0, 1) numbers one step consumes (every stream's window restart, acceptance, update)."""
+        N, K, V = self.B * self.L.streams, self.L.drafts, self.ctx.vocab_size
+        return prefixed({"start": self.drafter.start_draws(N, V), "accept": self.acceptor.draws_shapes(N, K, V),
+                         "draft": self.drafter.update_draws(N, V)})  # fmt: skip
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Every tensor a step writes."""
+        c = self.cache
+        return [self.count_BH, self.cached_BH, self.slot_pos_RS, self.stream_row_BS, self.draft_tokens_NK,
+                self.draft_q_NKV, *self.state.tensors(), self.ctx.history_BN, c.lens_B, *c.k, *c.v]  # fmt: skip
 
     # ---- schedule -------------------------------------------------------------------------
     def _assign(self) -> tuple[torch.Tensor, ...]:
@@ -134,9 +143,10 @@ class ZipARRunner:
         return row_BS, count_BS, above_BS, normal_BS, standin_BS, warm_BS, flush_BS, allow_BS
 
     # ---- one forward ----------------------------------------------------------------------
-    def step(self) -> None:
+    def step(self, draws_N: torch.Tensor) -> None:
         H, W, S, K = self.L.rows, self.L.width, self.L.streams, self.L.drafts
         B, dev, V = self.B, self.count_BH.device, self.ctx.vocab_size
+        draws = Draws.split(draws_N, self.draws_shapes())
         row_BS, count_BS, above_BS, normal_BS, standin_BS, warm_BS, flush_BS, allow_BS = self._assign()
         hist_BN = self.ctx.history_BN
         next_BS = row_BS * W + count_BS  # history index of the row's next token
@@ -148,18 +158,12 @@ class ZipARRunner:
 
         # drafts: restart the window of streams that moved to a new row
         sctx = self._stream_ctx(next_BS)
-        restart_BS = row_BS != self.stream_row_BS
-        fresh = self.drafter.start(sctx, pending_BS.reshape(-1))
-        if self.draft is None:
-            self.draft = fresh
-        else:
-            r_N = restart_BS.reshape(-1)
-            self.draft = Draft(
-                torch.where(r_N[:, None], fresh.tokens_BK, self.draft.tokens_BK),
-                torch.where(r_N[:, None, None], fresh.q_BKV, self.draft.q_BKV),
-            )
-        self.stream_row_BS = row_BS
-        drafts_BSK = self.draft.tokens_BK.view(B, S, K)
+        restart_N = (row_BS != self.stream_row_BS).reshape(-1)
+        fresh = self.drafter.start(sctx, pending_BS.reshape(-1), draws.sub("start"))
+        draft = Draft(torch.where(restart_N[:, None], fresh.tokens_BK, self.draft_tokens_NK),
+                      torch.where(restart_N[:, None, None], fresh.q_BKV, self.draft_q_NKV))  # fmt: skip
+        self.stream_row_BS.copy_(row_BS)
+        drafts_BSK = draft.tokens_BK.view(B, S, K)
 
         # the block: per stream [pending, drafts], with true positions
         T1 = K + 1
@@ -177,10 +181,10 @@ class ZipARRunner:
         mask_RTS = self.cache.attn_mask(S * T1, rep(block_BTT))
         committed_RS = torch.arange(self.cache.capacity, device=dev)[None] < self.cache.lens_B.long()[:, None]
         visible_RTS = ~committed_RS[:, None] | (self.slot_pos_RS[:, None, :] <= pos_RT[..., None])
-        logits = self.step_fn(rep(tokens_BT), pos_RT, slots_RT, mask_RTS & visible_RTS)
+        logits = self.lm.forward(rep(tokens_BT), pos_RT, self.cache, slots_RT, mask_RTS & visible_RTS)
         p_NTV = target_probs(logits, self.sampling).view(B * S, T1, V)
 
-        acc = self.acceptor.accept(self.draft.tokens_BK, self.draft.q_BKV, p_NTV, self.ctx.generator)
+        acc = self.acceptor.accept(draft.tokens_BK, draft.q_BKV, p_NTV, draws.sub("accept"))
         n_BS = acc.num_accepted_B.view(B, S)
         emit_BS = torch.minimum(n_BS + 1, allow_BS)
         emitted_BST = torch.where(offs_T < n_BS[..., None], torch.cat([drafts_BSK, acc.next_token_B.view(B, S, 1)], -1),
@@ -192,8 +196,9 @@ class ZipARRunner:
         hist_BN.scatter_(1, idx_BST.reshape(B, -1),
                          torch.where(write_BST, emitted_BST, hist_BN.gather(1, idx_BST.reshape(B, -1)).view(B, S, T1))
                          .reshape(B, -1))  # fmt: skip
-        self.forwards += 1
-        self.token_forward_BN.scatter_(1, idx_BST.reshape(B, -1), self.forwards)
+        st = self.state
+        st.forwards_1.add_(1)
+        st.token_forward_BN.scatter_(1, idx_BST.reshape(B, -1), st.forwards_1.expand(B, S * T1))
         self.count_BH.scatter_add_(1, row_BS, emit_BS)
 
         # commit: pending + emitted drafts (normal), emitted drafts only (stand-in), pending (flush)
@@ -204,12 +209,11 @@ class ZipARRunner:
         self._compact(rep(keep_BST.reshape(B, -1)), pos_RT)
 
         # stats
-        st = self.state
-        was_done_B = st.done_B
+        was_done_B = st.done_B.clone()
         total_B = emit_BS.sum(1)
-        st.num_generated_B = self.count_BH.sum(1)
-        st.done_B = st.num_generated_B >= H * W
-        st.steps_B = st.steps_B + (~was_done_B).long()
+        st.num_generated_B.copy_(self.count_BH.sum(1))
+        st.done_B.copy_(st.num_generated_B >= H * W)
+        st.steps_B.add_((~was_done_B).long())
         st.emitted_hist_T.scatter_add_(
             0, total_B.clamp(max=st.emitted_hist_T.shape[0] - 1), (~was_done_B).long()
         )
@@ -220,7 +224,9 @@ class ZipARRunner:
         acc2 = Acceptance(
             (emit_BS - 1).reshape(-1), torch.where(emit_BS > 0, last_BS, pending_BS).reshape(-1)
         )
-        self.draft = self.drafter.update(self._stream_ctx(next_BS + emit_BS), self.draft, p_NTV, acc2)
+        nxt = self.drafter.update(self._stream_ctx(next_BS + emit_BS), draft, p_NTV, acc2, draws.sub("draft"))
+        self.draft_tokens_NK.copy_(nxt.tokens_BK)
+        self.draft_q_NKV.copy_(nxt.q_BKV)
 
     # ---- helpers --------------------------------------------------------------------------
     def _stream_ctx(self, next_BS: torch.Tensor) -> DraftContext:
@@ -255,3 +261,8 @@ class ZipARRunner:
             buf.scatter_(2, dst_RT[:, None, :, None].expand(R, Hh, T, D), moved)
         self.slot_pos_RS.scatter_(1, dst_RT, pos_RT.gather(1, order_RT))
         cache.commit(keep_RT.sum(1))
+
+
+def zipar_step(runner: ZipARRunner, draws_N: torch.Tensor) -> None:
+    """One ZipAR forward of every active stream (a plain function: what ``CompiledStep`` compiles)."""
+    runner.step(draws_N)

@@ -27,9 +27,11 @@ def test_unknown_option_names_the_valid_ones(model):
         mmaccel.generate(model, IDS, "sjd", windw=4)
 
 
-@pytest.mark.parametrize("window", [0, -3])
-def test_window_below_one(model, window):
-    with pytest.raises(ValueError, match=rf"window must be an integer >= 1, got {window}"):
+@pytest.mark.parametrize("window", [-1, -3])
+def test_window_below_zero(model, window):
+    with pytest.raises(
+        ValueError, match=rf"window must be an integer >= 0 \(0: no drafts\) or 'auto', got {window}"
+    ):
         mmaccel.generate(model, IDS, "sjd", window=window)
 
 
@@ -120,7 +122,7 @@ def test_cfg_needs_uncond_ids(model):
 
 
 def test_unknown_compile_mode(model):
-    with pytest.raises(ValueError, match="compile must be one of eager, compile, cudagraph"):
+    with pytest.raises(ValueError, match="compile must be one of auto, eager, compile, cudagraph"):
         mmaccel.generate(model, IDS, compile="jit")
 
 

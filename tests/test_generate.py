@@ -9,7 +9,7 @@ from scipy.stats import chi2_contingency
 import mmaccel
 from mmaccel.acceptors.base import Acceptance, at_index, leading_true, token_prob
 from mmaccel.acceptors.speculative import SpeculativeSampling
-from mmaccel.sampling import sample, uniform
+from mmaccel.sampling import sample_with
 
 from . import test_exactness as ex
 from .conftest import tiny_lm
@@ -105,13 +105,12 @@ def test_statistics_and_drafting_really_happens():
 class ResampleFromP(SpeculativeSampling):
     """A deliberately wrong rule (rejection redraws from p, not the residual)."""
 
-    def accept(self, drafts_BK, q_BKV, p_BTV, generator):
-        B, K = drafts_BK.shape
-        keep = uniform((B, K), p_BTV, generator) * token_prob(q_BKV, drafts_BK) < token_prob(
-            p_BTV[:, :K], drafts_BK
-        )
+    def accept(self, drafts_BK, q_BKV, p_BTV, draws):
+        r = self._draws(draws, drafts_BK, p_BTV)
+        K = drafts_BK.shape[1]
+        keep = r["u"] * token_prob(q_BKV, drafts_BK) < token_prob(p_BTV[:, :K], drafts_BK)
         n_B = leading_true(keep)
-        return Acceptance(n_B, sample(at_index(p_BTV, n_B), generator))
+        return Acceptance(n_B, sample_with(at_index(p_BTV, n_B), r["e"]))
 
 
 def test_exactness_harness_detects_a_biased_acceptor(monkeypatch):

@@ -6,6 +6,9 @@ Inputs of every rule, for one verify step of K drafts:
     p_BTV       the target's processed distributions, T = K + 1 (the last one is the bonus)
 Output: ``Acceptance(num_accepted_B, next_token_B)``: the first ``num_accepted_B`` drafts are
 kept and ``next_token_B`` (recovered on rejection, bonus when all are kept) follows them.
+Randomness: ``draws`` holds the U[0, 1) numbers the rule declares in ``draws_shapes`` (made
+before the step, so a compiled step sees no generator), or is a generator / None for code
+outside a step, which then draws them on the spot.
 
 Nothing here syncs with the host.
 """
@@ -16,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
+from mmaccel.sampling import Draws, Shapes
+
 
 @dataclass(frozen=True)
 class Acceptance:
@@ -24,18 +29,26 @@ class Acceptance:
 
 
 class Acceptor:
-    """One acceptance rule. Subclasses implement ``accept``."""
+    """One acceptance rule. Subclasses implement ``draws_shapes`` and ``accept``."""
 
     name = "acceptor"
+
+    def draws_shapes(self, B: int, K: int, V: int) -> Shapes:
+        """The U[0, 1) numbers one ``accept`` of B rows, K drafts, V tokens consumes."""
+        raise NotImplementedError
 
     def accept(
         self,
         drafts_BK: torch.Tensor,
         q_BKV: torch.Tensor,
         p_BTV: torch.Tensor,
-        generator: torch.Generator | None,
+        draws: Draws | torch.Generator | None,
     ) -> Acceptance:
         raise NotImplementedError
+
+    def _draws(self, draws, drafts_BK: torch.Tensor, p_BTV: torch.Tensor) -> Draws:
+        B, K = drafts_BK.shape
+        return Draws.of(draws, self.draws_shapes(B, K, p_BTV.shape[-1]), p_BTV.device)
 
 
 def leading_true(mask_BK: torch.Tensor) -> torch.Tensor:

@@ -13,14 +13,17 @@ for token.
 from __future__ import annotations
 
 from mmaccel.acceptors.base import Acceptance, Acceptor, at_index, leading_true
-from mmaccel.sampling import sample
+from mmaccel.sampling import sample_with
 
 
 class ExactMatch(Acceptor):
     name = "exact"
 
-    def accept(self, drafts_BK, q_BKV, p_BTV, generator) -> Acceptance:
-        y_BT = sample(p_BTV, generator)
+    def draws_shapes(self, B, K, V):
+        return {"e": (B, K + 1, V)}  # the target's own draw at every position of the block
+
+    def accept(self, drafts_BK, q_BKV, p_BTV, draws) -> Acceptance:
+        y_BT = sample_with(p_BTV, self._draws(draws, drafts_BK, p_BTV)["e"])
         K = drafts_BK.shape[1]
         n_B = leading_true(drafts_BK == y_BT[:, :K])
         return Acceptance(n_B, at_index(y_BT, n_B))

@@ -42,8 +42,8 @@ import weakref
 import torch
 
 from mmaccel.acceptors.base import Acceptance, at_index, leading_true, token_prob
-from mmaccel.acceptors.speculative import SpeculativeSampling
-from mmaccel.sampling import normalize_residual, sample, uniform
+from mmaccel.acceptors.speculative import SpeculativeSampling, _triton
+from mmaccel.sampling import normalize_residual, sample_with
 
 # id(codebook) -> (weak reference to it, {key: table}); tensors cannot be dict keys (== is elementwise)
 RULES = ("bounded", "paper")
@@ -102,6 +102,11 @@ class LanternAcceptor(SpeculativeSampling):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Which neighbours are used (nearest first, within budget) and their total mass."""
         budget = (self.lam - 1) * p_BKV[..., None] if self.lam is not None else self.delta
+        if p_nbr_BKVK.is_cuda and p_nbr_BKVK.dim() == 4 and _triton():  # fused gather + cumsum + mass
+            from mmaccel.kernels.lantern import neighbour_mass_triton, used_from_count
+
+            n_used_BKV, m_BKV = neighbour_mass_triton(p_BKV, self.neighbours_VK, budget)
+            return used_from_count(n_used_BKV, self.neighbours_VK.shape[1]), m_BKV.to(p_BKV.dtype)
         used = p_nbr_BKVK.cumsum(-1) <= budget
         return used, (p_nbr_BKVK * used).sum(-1)
 
@@ -131,16 +136,16 @@ class LanternAcceptor(SpeculativeSampling):
         c_BK1 = 1 / share_BKV.amax(-1, keepdim=True).clamp_min(1.0)
         return p_BKV + c_BK1 * (e_BKV - p_BKV * share_BKV)
 
-    def accept(self, drafts_BK, q_BKV, p_BTV, generator) -> Acceptance:
-        B, K = drafts_BK.shape
+    def accept(self, drafts_BK, q_BKV, p_BTV, draws) -> Acceptance:
+        r = self._draws(draws, drafts_BK, p_BTV)
+        K = drafts_BK.shape[1]
         if self.rule == "paper":
             pt_BKV = self.paper_target(p_BTV[:, :K], drafts_BK)
         else:
             pt_BKV = self.relaxed_target(p_BTV[:, :K], q_BKV).clamp_min(0)
         pt_BTV = torch.cat([pt_BKV, p_BTV[:, K:]], dim=1)  # the bonus position has no draft
-        u_BK = uniform((B, K), p_BTV, generator)
-        n_B = leading_true(u_BK * token_prob(q_BKV, drafts_BK) < token_prob(pt_BKV, drafts_BK))
+        n_B = leading_true(r["u"] * token_prob(q_BKV, drafts_BK) < token_prob(pt_BKV, drafts_BK))
         q_pad_BTV = torch.cat([q_BKV, torch.zeros_like(p_BTV[:, :1])], dim=1)
         pt_n, q_n = at_index(pt_BTV, n_B), at_index(q_pad_BTV, n_B)
         p_prime = normalize_residual((pt_n - q_n).clamp_min(0), fallback=pt_n)
-        return Acceptance(n_B, sample(p_prime, generator))
+        return Acceptance(n_B, sample_with(p_prime, r["e"]))

@@ -3,7 +3,9 @@
 A drafter proposes ``window`` tokens for positions P+1 .. P+K after the pending token at P,
 together with the distribution q each was drawn from (one-hot for deterministic drafts).
 After the verify step it receives the target's distributions and the acceptance, and
-proposes the next window, which starts right after the new pending token.
+proposes the next window, which starts right after the new pending token. Its randomness comes
+as ``Draws`` (U[0, 1) numbers of the shapes it declares, made before the step), or from a
+generator / None outside a step.
 
 Nothing here syncs with the host.
 """
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from mmaccel.acceptors.base import Acceptance
+from mmaccel.sampling import Draws, Shapes
 
 
 @dataclass
@@ -36,14 +39,30 @@ class Draft:
 
 
 class Drafter:
-    """Proposes blocks of ``window`` tokens. Subclasses implement ``start`` and ``update``."""
+    """Proposes blocks of ``window`` tokens. Subclasses implement ``start``, ``update`` and the
+    shapes of the draws each consumes."""
 
     window: int = 0
 
-    def start(self, ctx: DraftContext, pending_B: torch.Tensor) -> Draft:
+    def start_draws(self, B: int, V: int) -> Shapes:
+        """U[0, 1) numbers one ``start`` of B rows consumes."""
+        return {}
+
+    def update_draws(self, B: int, V: int) -> Shapes:
+        """U[0, 1) numbers one ``update`` of B rows consumes."""
+        return {}
+
+    def start(self, ctx: DraftContext, pending_B: torch.Tensor, draws: Draws | None = None) -> Draft:
         raise NotImplementedError
 
-    def update(self, ctx: DraftContext, draft: Draft, p_BTV: torch.Tensor, acc: Acceptance) -> Draft:
+    def update(
+        self,
+        ctx: DraftContext,
+        draft: Draft,
+        p_BTV: torch.Tensor,
+        acc: Acceptance,
+        draws: Draws | None = None,
+    ) -> Draft:
         """The next window after a verify step that emitted ``acc.num_accepted_B + 1`` tokens per
         row; ``num_accepted_B`` = -1 means the row emitted nothing (a ZipAR row held back by the
         row above) and its window keeps its place."""
@@ -55,10 +74,10 @@ class NoDraft(Drafter):
 
     window = 0
 
-    def start(self, ctx: DraftContext, pending_B: torch.Tensor) -> Draft:
+    def start(self, ctx: DraftContext, pending_B: torch.Tensor, draws: Draws | None = None) -> Draft:
         B = pending_B.shape[0]
         empty_BK = torch.zeros(B, 0, dtype=torch.long, device=pending_B.device)
         return Draft(empty_BK, torch.zeros(B, 0, ctx.vocab_size, device=pending_B.device))
 
-    def update(self, ctx, draft, p_BTV, acc) -> Draft:
+    def update(self, ctx, draft, p_BTV, acc, draws=None) -> Draft:
         return draft
