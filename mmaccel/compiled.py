@@ -38,6 +38,7 @@ _COMPILED: dict[Hashable, Callable] = {}  # kind -> torch.compile'd private copy
 COMPILE_AFTER_S = 30.0
 _EAGER_S: dict[Hashable, float] = {}  # kind -> seconds spent running it eagerly (auto mode)
 _FAILED: set[Hashable] = set()  # kinds that torch.compile refused (auto then stays eager)
+_RAN: set[Hashable] = set()  # compiled kinds that have run (so have been compiled)
 
 
 def resolve_mode(mode: str, device: torch.device | str, kind: Hashable | None = None) -> str:
@@ -127,6 +128,7 @@ class CompiledStep:
         if mode == "compile":
             self._compiled = compiled_for(fn, self.kind)
         self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, tuple, Any]] = {}
+        self.compiled_in_call = False  # this step compiled or captured a graph (its time is not a step's)
 
     def __call__(self, *inputs: torch.Tensor, bucket: tuple[int, int] | None = None) -> Any:
         key = tuple(inputs[0].shape[:2]) if bucket is None else tuple(bucket)
@@ -138,6 +140,9 @@ class CompiledStep:
         if self.mode == "eager":
             return self.fn(*self.args, *inputs)
         if self.mode == "compile":
+            # the first call of a kind compiles it: its time says nothing about the step's speed
+            self.compiled_in_call = self.compiled_in_call or self.kind not in _RAN
+            _RAN.add(self.kind)
             if not self.fallback:
                 return self._compiled(*self.args, *inputs)
             try:  # tracing runs on fake tensors: a refused compile has changed no state
@@ -156,6 +161,7 @@ class CompiledStep:
             raise RuntimeError("CompiledStep mode 'cudagraph' needs CUDA tensors; use 'compile' or 'eager'")
         if key not in self._graphs:
             self._graphs[key] = self._capture(inputs)
+            self.compiled_in_call = True
         graph, static_inputs, static_out = self._graphs[key]
         for buf, x in zip(static_inputs, inputs, strict=True):
             buf.copy_(x)

@@ -315,7 +315,7 @@ def _decode(
     if forwards > 1:
         hist = state.emitted_hist_T.cpu().tolist()
         hist[1] -= B  # the prefill's token is not a verify step
-        window.record(window_key, K, hist, loop_s)
+        window.record(window_key, K, hist, None if step.compiled_in_call else loop_s)
 
     pad = pad_token_id if pad_token_id is not None else (eos_token_id if eos_token_id is not None else 0)
     new_BN = ctx.history_BN[:, :max_new_tokens]

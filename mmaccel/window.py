@@ -16,12 +16,12 @@ ZipAR). Whether that pays depends on two things this module measures instead of 
   first draft, each further draft kept with probability 0.8) is used.
 
 The choice maximises tau(K) / cost(K + 1) over K in ``CANDIDATES``, 0 included (plain
-decoding through the same acceptor). It is made once per (model, method, sampling, batch
-shape) and kept for the life of the process, so the same seed gives the same output on every
-call of a process (the window is part of what a seed reproduces; the chosen one is reported
-in ``GenerateOutput.method``, and passing it as ``window=`` pins it anywhere). Every call's
-histogram is still recorded under the window it ran, so choices made later (another batch
-size, another process of a server) start from what was measured.
+decoding through the same acceptor). Per (model, method, sampling, batch shape) it is made
+anew at each call until the window chosen has been timed, then kept for the life of the
+process: after those first calls the same seed gives the same output (the window is part of
+what a seed reproduces; the chosen one is reported in ``GenerateOutput.method``, and passing
+it as ``window=`` pins it anywhere). Every call's histogram is recorded under the window it
+ran, so later choices (another batch size) start from what was measured.
 
 Owns: the per-process table of measured costs and acceptance, and the choice. Must never:
 run inside a step, change what a method samples (K only sets how many drafts are verified;
@@ -52,6 +52,7 @@ class Record:
 
     steps: dict[int, int] = field(default_factory=dict)  # K -> verify steps run
     hist: dict[int, list[int]] = field(default_factory=dict)  # K -> steps by tokens emitted
+    timed_steps: dict[int, int] = field(default_factory=dict)  # K -> steps of calls that were timed
     step_s: dict[int, float] = field(default_factory=dict)  # K -> seconds in those steps
 
 
@@ -134,12 +135,18 @@ def choose(
     candidates: tuple[int, ...] = CANDIDATES,
     base: float = 1.0,
 ) -> int:
-    """The window maximising expected tokens per second for method ``key`` at batch ``shape``
-    (chosen at the first call, then kept for the process)."""
-    if (key, shape) not in _CHOSEN:
-        _CHOSEN[key, shape] = max(rates(key, lm, rows, capacity, streams, candidates, base).items(),
-                                  key=lambda kv: (kv[1], -kv[0]))[0]  # fmt: skip
-    return _CHOSEN[key, shape]
+    """The window maximising expected tokens per second for method ``key`` at batch ``shape``.
+
+    Re-chosen at each call until the window chosen has been timed (``MIN_STEPS`` steps of calls
+    that did not compile), then kept for the process: the first calls of a shape may try a
+    window or two, after which the same seed gives the same output."""
+    if (key, shape) in _CHOSEN:
+        return _CHOSEN[key, shape]
+    rate = rates(key, lm, rows, capacity, streams, candidates, base)
+    best = max(rate, key=lambda K: (rate[K], -K))
+    if best == 0 or _RECORDS[key].timed_steps.get(best, 0) >= MIN_STEPS:
+        _CHOSEN[key, shape] = best
+    return best
 
 
 def rates(
@@ -158,22 +165,25 @@ def rates(
     return {K: tokens_per_step(record, K, base) / seconds[K] for K in candidates}
 
 
-def record(key: Hashable, K: int, hist: list[int], seconds: float) -> None:
-    """Add one call's acceptance histogram and decode seconds under the window it ran."""
+def record(key: Hashable, K: int, hist: list[int], seconds: float | None) -> None:
+    """Add one call's acceptance histogram and decode seconds under the window it ran
+    (``seconds`` None: the call's time is not representative, e.g. it compiled its step)."""
     rec = _RECORDS.setdefault(key, Record())
     steps = sum(hist)
     rec.steps[K] = rec.steps.get(K, 0) + steps
+    if seconds is not None:
+        rec.timed_steps[K] = rec.timed_steps.get(K, 0) + steps
+        rec.step_s[K] = rec.step_s.get(K, 0.0) + seconds
     n = max(len(hist), len(rec.hist.get(K, [])))
     old = rec.hist.get(K, []) + [0] * n
     rec.hist[K] = [old[j] + (hist[j] if j < len(hist) else 0) for j in range(n)]
-    rec.step_s[K] = rec.step_s.get(K, 0.0) + seconds
 
 
 def step_seconds(record: Record, costs: dict[int, float], streams: int) -> dict[int, float]:
     """Seconds of one verify step per candidate window: measured where this process ran it
     (at least ``MIN_STEPS`` steps), else the forward's time plus the per-draft time beyond the
     forward that measured windows showed (drafting, acceptance, draws grow with K)."""
-    measured = {K: record.step_s[K] / n for K, n in record.steps.items() if n >= MIN_STEPS}
+    measured = {K: record.step_s[K] / n for K, n in record.timed_steps.items() if n >= MIN_STEPS}
     extra = [(t - costs.get(streams * (K + 1), t)) / K for K, t in measured.items() if K > 0]
     per_draft = max(statistics.median(extra), 0.0) if extra else 0.0
     out = {}

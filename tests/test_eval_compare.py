@@ -109,7 +109,8 @@ def _free_port() -> int:
 
 def _compare_cli(out: Path, stats: Path, processes: int) -> dict:
     args = ["-m", "mmaccel.eval", "compare", "--methods", "ar,sjd", "--prompts", "8", "--batch", "4", "--real", "64",
-            "--real-stats", str(stats), "--no-warmup", "--grid", "0", "--cpu", "--out", str(out)]  # fmt: skip
+            "--real-stats", str(stats), "--no-warmup", "--grid", "0", "--cpu", "--compile", "eager",
+            "--out", str(out)]  # fmt: skip
     if processes > 1:  # `--cpu` in accelerate 1.x starts one process unless mpirun is set up; --multi_gpu
         # starts N through torch elastic, and our --cpu keeps them on the CPU (gloo)
         launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",

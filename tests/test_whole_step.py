@@ -4,6 +4,7 @@ compiled graph: equal to eager token for token, no graph break, no host sync, no
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib
 
 import pytest
@@ -128,3 +129,16 @@ def test_auto_runs_eagerly_where_the_compiler_refuses_the_step(monkeypatch, capl
     strict = compiled.CompiledStep(lambda x: x + 1, [(1, 1)], "compile", kind="k2")
     with pytest.raises(RuntimeError, match="graph break"):
         strict(torch.zeros(1, 1))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize(("method", "options"), METHODS, ids=[f"{m}-{i}" for i, (m, _) in enumerate(METHODS)])
+def test_cuda_graph_of_the_whole_step_equals_eager_on_gpu(pipeline, method, options):  # noqa: F811
+    pipeline = copy.deepcopy(pipeline)  # the module's fixture stays on the CPU
+    pipeline.t2i.cuda(), pipeline.vq.cuda()
+    pipeline.codebook = pipeline.codebook.cuda()
+    kw = dict(seed=5, guidance_scale=2.0, temperature=1.0, return_output=True, **options)
+    eager = mmaccel.generate_image(PROMPTS, method, model=pipeline, compile="eager", **kw)
+    graph = mmaccel.generate_image(PROMPTS, method, model=pipeline, compile="cudagraph", **kw)
+    assert torch.equal(graph.tokens, eager.tokens)
+    assert graph.num_forward_passes == eager.num_forward_passes

@@ -72,10 +72,15 @@ def test_costs_are_measured_once_and_never_fall_with_longer_blocks():
     assert window.forward_costs(model, 2, 64, (1, 2, 5)) == first  # cached, not re-timed
 
 
-def test_auto_reports_its_window_and_keeps_it_so_a_seed_reproduces():
+def test_auto_reports_its_window_and_keeps_it_once_timed_so_a_seed_reproduces():
     model, ids = tiny_lm(vocab=32, scale=2.0), torch.tensor([[1, 2, 3], [4, 5, 6]])
-    a = mmaccel.generate(model, ids, "sjd", max_new_tokens=24, seed=3, window="auto")
-    b = mmaccel.generate(model, ids, "sjd", max_new_tokens=24, seed=3, window="auto")
+    for _ in range(8):  # the first calls may try windows until the one chosen has been timed
+        mmaccel.generate(model, ids, "sjd", max_new_tokens=24, seed=3, window="auto", compile="eager")
+        if window._CHOSEN:
+            break
+    assert window._CHOSEN, "the choice never settled"
+    a = mmaccel.generate(model, ids, "sjd", max_new_tokens=24, seed=3, window="auto", compile="eager")
+    b = mmaccel.generate(model, ids, "sjd", max_new_tokens=24, seed=3, window="auto", compile="eager")
     K = a.method.window
     assert isinstance(K, int) and K in window.CANDIDATES and b.method.window == K
     assert torch.equal(a.sequences, b.sequences)
@@ -95,3 +100,11 @@ def test_window_zero_is_plain_decoding_token_for_token(method):
 def test_bad_window_is_named(bad):
     with pytest.raises(ValueError, match="window must be an integer >= 0 .* or 'auto'"):
         mmaccel.generate(tiny_lm(vocab=16), torch.tensor([[1, 2]]), "sjd", max_new_tokens=4, window=bad)
+
+
+def test_the_choice_is_kept_only_once_the_chosen_window_has_been_timed(monkeypatch):
+    monkeypatch.setattr(window, "forward_costs", fake_costs(lambda T: 0.01))
+    window.record("m", 16, hist_for(500, [0.95**k for k in range(1, 17)]), None)  # untimed (compiled)
+    assert window.choose("m", "s", None, 2, 500) == 16 and not window._CHOSEN
+    window.record("m", 16, hist_for(500, [0.95**k for k in range(1, 17)]), 500 * 0.01)
+    assert window.choose("m", "s", None, 2, 500) == 16 and window._CHOSEN == {("m", "s"): 16}

@@ -75,6 +75,7 @@ def compare(
     benchmark: str | Benchmark = DEFAULT_BENCHMARK,
     guidance_scale: float | None = None,
     temperature: float | None = None,
+    compile: str = "compile",
     metrics: Sequence[str] = ALL_METRICS,
     fd_ref: FDReference | None = None,
     noise_floor: bool = False,
@@ -98,7 +99,7 @@ def compare(
     chunks = shard(plan_chunks(len(prompts), batch), state.process_index, state.num_processes)
     image_model = resolve_model(model, state.device)
     results = run_chunks(runs, prompts, chunks, model=image_model, seed=seed, guidance_scale=guidance_scale,
-                         temperature=temperature, warmup=warmup, device=state.device, progress=progress and state.is_local_main_process,
+                         temperature=temperature, compile=compile, warmup=warmup, device=state.device, progress=progress and state.is_local_main_process,
                          desc=f"compare (process {state.process_index + 1}/{state.num_processes})")  # fmt: skip
     results = gather_results(results, state)
     if not state.is_main_process:
@@ -293,7 +294,7 @@ def _run(argv: list[str] | None, command: str, metrics: Sequence[str]) -> int:
             return 0
         comp = compare(parse_methods(args.methods), bench.prompts(args.prompts, args.prompt_seed), batch=args.batch,
                        seed=args.seed, model=args.model, benchmark=bench, guidance_scale=args.guidance_scale,
-                       temperature=args.temperature, metrics=metrics,
+                       temperature=args.temperature, compile=args.compile, metrics=metrics,
                        fd_ref=fd_ref, noise_floor=args.noise_floor, warmup=args.warmup, cpu=args.cpu)  # fmt: skip
         if _in_process_group():
             # leave together: a worker that tore its gloo group down and exited while the main

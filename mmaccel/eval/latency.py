@@ -60,6 +60,7 @@ def measure_latency(
     seed: int = 0,
     guidance_scale: float | None = None,
     temperature: float | None = None,
+    compile: str = "compile",
     device: str = "cpu",
     progress: bool = True,
     batch: int | None = None,
@@ -71,7 +72,7 @@ def measure_latency(
     runs = make_runs(methods)
     chunks = plan_chunks(len(prompts), batch or len(prompts))
     results = run_chunks(runs, prompts, chunks, model=model, seed=seed, guidance_scale=guidance_scale,
-                         temperature=temperature, repeats=repeats, warmup=warmup, device=device, progress=progress,
+                         temperature=temperature, compile=compile, repeats=repeats, warmup=warmup, device=device, progress=progress,
                          desc="latency")  # fmt: skip
     ar_rows = [r for r in results if r.label == "ar"]
     rows = []
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         bench = load_benchmark(args.benchmark)
         model = args.model or bench.model
         rows = measure_latency(parse_methods(args.methods), bench.prompts(args.prompts, args.prompt_seed), model,
-                               args.repeats, args.seed, args.guidance_scale, args.temperature, batch=args.batch,
+                               args.repeats, args.seed, args.guidance_scale, args.temperature, compile=args.compile, batch=args.batch,
                                warmup=args.warmup)  # fmt: skip
     except (ValueError, FileNotFoundError) as err:
         print(f"mmaccel eval latency: error: {err}", file=sys.stderr)

@@ -148,6 +148,7 @@ def run_chunks(
     seed: int = 0,
     guidance_scale: float | None = None,
     temperature: float | None = None,
+    compile: str = "compile",
     repeats: int = 1,
     warmup: bool = True,
     device: torch.device | str = "cpu",
@@ -159,7 +160,8 @@ def run_chunks(
     ``model``: a registered model name or an ``ImageModel`` (None: the library's default).
 
     Warm-up first (one call per run on the first chunk: allocations, lazy loading, kernel
-    selection). Then, per repeat and chunk, the runs are interleaved so that drift in machine
+    selection, and compiling each method's step: ``compile`` is the same for every run, ``ar``
+    included, so every method is timed in that mode). Then, per repeat and chunk, the runs are interleaved so that drift in machine
     load hits all methods alike. The chunk starting at prompt ``i`` uses
     ``chunk_seed(seed + run.seed_offset, i)`` in every repeat.
     """
@@ -170,7 +172,7 @@ def run_chunks(
     def call(run: Run, chunk: Chunk):
         return generate_image(list(prompts[chunk.start : chunk.stop]), run.spec.name, model=image_model,
                               seed=chunk_seed(seed + run.seed_offset, chunk.start), guidance_scale=guidance_scale,
-                              temperature=temperature, return_output=True, **run.spec.options)  # fmt: skip
+                              temperature=temperature, compile=compile, return_output=True, **run.spec.options)  # fmt: skip
 
     if warmup and chunks:
         for run in tqdm(runs, desc="warm-up", disable=not progress, leave=False):
