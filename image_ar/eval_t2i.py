@@ -31,7 +31,7 @@ from PIL import Image
 
 from mmaccel.image_ar.llamagen.vq import VQModel
 from mmaccel.image_ar.t2i_model import ShapesT2IModel
-from mmaccel.sampling import SamplingConfig, apply_cfg, process_logits, sample
+from mmaccel.sampling import SamplingConfig, apply_cfg, process_logits, sample, sample_with
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,11 @@ def sample_tokens(
     out_BN = torch.empty(B, N, dtype=torch.long, device=cond_BLC.device)
     for i in range(N):
         logits_BV = apply_cfg(logits_RV, cfg_scale) if guided else logits_RV
-        out_BN[:, i] = sample(process_logits(logits_BV, scfg), gen)
+        probs_BV = process_logits(logits_BV, scfg)
+        # the engine's order of draws: the prefill's token from the generator, then one tensor of
+        # uniforms per step (mmaccel.sampling.Draws), so the same seed gives the same tokens
+        u_BV = torch.rand(probs_BV.shape, device=probs_BV.device, generator=gen) if i else None
+        out_BN[:, i] = sample(probs_BV, gen) if i == 0 else sample_with(probs_BV, u_BV)
         if i == N - 1:
             break
         tok_R1 = out_BN[:, i : i + 1].repeat(rows // B, 1)
