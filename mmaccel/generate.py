@@ -21,7 +21,7 @@ from mmaccel import window
 from mmaccel.compiled import MODES, CompiledStep, record_eager, resolve_mode
 from mmaccel.drafters import DraftContext, NoDraft
 from mmaccel.methods import JacobiConfig, MethodConfig, ZipARConfig, build, resolve_method
-from mmaccel.models import CausalLM, as_causal_lm
+from mmaccel.models import CausalLM, as_causal_lm, device_of, weights_id
 from mmaccel.sampling import Draws, SamplingConfig, sample
 from mmaccel.verify import DecodeState, step_draws, target_probs, verify_step
 from mmaccel.zipar import ZipARLayout, ZipARRunner, num_streams, zipar_forward_passes, zipar_step
@@ -138,7 +138,8 @@ def generate(
         cfg_scale, uncond_input_ids: classifier-free guidance on a doubled batch; the
             unconditional rows see the same drafts and the guided logits are what is verified.
         compile: how the verify step runs: ``auto`` (default: one CUDA graph of the whole step
-            on CUDA, ``torch.compile`` of it elsewhere), ``eager``, ``compile`` or ``cudagraph``.
+            on CUDA; elsewhere eager until this process has run the step about as long as
+            compiling it costs, then ``torch.compile``), ``eager``, ``compile`` or ``cudagraph``.
         progress: show a progress bar.
 
     Raises:
@@ -224,37 +225,27 @@ def _decode(
     progress,
 ) -> GenerateOutput:
     t0 = time.perf_counter()
-    device = _device_of(lm)
+    device = device_of(lm)
     rows, prompt_T = ids_BT.shape
-    zipar_streams, base = 1, 1.0
-    if isinstance(config, ZipARConfig):
-        H = max_new_tokens // grid_width
-        zipar_streams = num_streams(H, grid_width, config.zipar_window)
-        base = max_new_tokens / zipar_forward_passes(
-            H, grid_width, config.zipar_window
-        )  # rows active per step
+    H = max_new_tokens // grid_width if isinstance(config, ZipARConfig) else 0
+    streams = num_streams(H, grid_width, config.zipar_window) if H else 1
     # the method on this model, whatever its window: acceptance seen with one window informs the others
-    window_key = (id(getattr(lm, "gpt", None) or getattr(lm, "model", None) or lm),
-                  dataclasses.replace(config, window="auto") if isinstance(config, JacobiConfig) else config, sampling)  # fmt: skip
+    window_key = (weights_id(lm), dataclasses.replace(config, window="auto") if isinstance(config, JacobiConfig)
+                  else config, sampling)  # fmt: skip
     if isinstance(config, JacobiConfig) and config.window == "auto":
-        if config.name == "zipar":
-            config = dataclasses.replace(config, window=0)
-        else:
-            K = window.choose(window_key, (rows, prompt_T, max_new_tokens), lm, rows,
-                              prompt_T + max_new_tokens + zipar_streams * (max(window.CANDIDATES) + 1), zipar_streams,
-                              base=base)  # fmt: skip
-            config = dataclasses.replace(config, window=K)
+        K = 0
+        if config.name != "zipar":  # plain ZipAR has no drafts to choose
+            base = max_new_tokens / zipar_forward_passes(H, grid_width, config.zipar_window) if H else 1.0
+            capacity = prompt_T + max_new_tokens + streams * (max(window.CANDIDATES) + 1)
+            K = window.choose(window_key, (rows, prompt_T, max_new_tokens), lm, rows, capacity, streams, base)
+        config = dataclasses.replace(config, window=K)
     drafter, acceptor = build(config, lm)
     K = drafter.window
     B = input_ids.shape[0]
     ids_BT, lens_B = ids_BT.to(device), lens_B.to(device)
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
-    zipar = None
-    if isinstance(config, ZipARConfig):
-        H = max_new_tokens // grid_width
-        zipar = ZipARLayout(H, grid_width, min(config.zipar_window, grid_width),
-                            num_streams(H, grid_width, config.zipar_window), K)  # fmt: skip
-    block = K + 1 if zipar is None else zipar.streams * (K + 1)
+    zipar = ZipARLayout(H, grid_width, min(config.zipar_window, grid_width), streams, K) if H else None
+    block = streams * (K + 1)
     cache = lm.new_cache(rows, prompt_T + max_new_tokens + block)
 
     # prefill: the whole (right-padded) prompt in one forward; padding is masked out by lens_B
@@ -279,8 +270,7 @@ def _decode(
     state.emitted_hist_T[1] += B
 
     # what makes two calls the same compiled step (the same weights' module, method, sampling, shapes)
-    module = getattr(lm, "gpt", None) or getattr(lm, "model", None) or lm
-    kind = (type(lm).__qualname__, id(module), config, sampling, rows, block, max_new_tokens,
+    kind = (type(lm).__qualname__, weights_id(lm), config, sampling, rows, block, max_new_tokens,
             eos_token_id, cache.capacity, str(device))  # fmt: skip
     if zipar is not None:
         runner = ZipARRunner(zipar, cache, drafter, acceptor, sampling, ctx, state, lens_B, lm)
@@ -312,10 +302,11 @@ def _decode(
     loop_s = time.perf_counter() - t_loop
     if step.mode == "eager" and compile_mode == "auto":
         record_eager(kind, loop_s)
+    hist = state.emitted_hist_T.cpu().tolist()
     if forwards > 1:
-        hist = state.emitted_hist_T.cpu().tolist()
-        hist[1] -= B  # the prefill's token is not a verify step
-        window.record(window_key, K, hist, None if step.compiled_in_call else loop_s)
+        steps_hist = hist.copy()
+        steps_hist[1] -= B  # the prefill's token is not a verify step
+        window.record(window_key, K, steps_hist, None if step.compiled_in_call else loop_s)
 
     pad = pad_token_id if pad_token_id is not None else (eos_token_id if eos_token_id is not None else 0)
     new_BN = ctx.history_BN[:, :max_new_tokens]
@@ -330,14 +321,8 @@ def _decode(
         num_tokens=state.num_generated_B.cpu(),
         num_forward_passes=forwards,
         forward_passes_per_row=state.steps_B.cpu(),
-        accepted_histogram=state.emitted_hist_T.cpu().tolist(),
+        accepted_histogram=hist,
         latency_s=time.perf_counter() - t0,
         method=config,
         token_forward_index=state.token_forward_BN[:, :max_new_tokens].cpu(),
     )
-
-
-def _device_of(lm: CausalLM) -> torch.device:
-    if hasattr(lm, "device"):
-        return torch.device(lm.device)
-    return next(lm.parameters()).device

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from mmaccel.generate import GenerateOutput, _check_sampling, generate
-from mmaccel.methods import MethodConfig, resolve_method, with_model_defaults
+from mmaccel.methods import MethodConfig, resolve_method
 from mmaccel.models import CausalLM
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ class ImageModel(Protocol):
 
 
 # Optional on an ImageModel: ``method_defaults: dict[str, dict[str, Any]]``, the options of each
-# method validated as best on this model (read by ``mmaccel.methods.with_model_defaults``).
+# method validated as best on this model (applied by ``mmaccel.methods.resolve_method(..., model=)``).
 
 
 @dataclass
@@ -151,8 +151,8 @@ def generate_image(
     image_model = load_model(model) if isinstance(model, str) else model
     if not isinstance(image_model, ImageModel):
         raise TypeError(f"model must be a model name or an mmaccel ImageModel, got {type(model).__name__}")
-    if isinstance(method, str):  # the model's validated best options for the method, under the user's
-        method_options = with_model_defaults(method, method_options, image_model)
+    # the method as configured for this model: its shipped best options, under the user's
+    config = resolve_method(method, method_options, model=image_model)
     scale = image_model.default_guidance if guidance_scale is None else float(guidance_scale)
     temperature = image_model.default_temperature if temperature is None else float(temperature)
     t0 = time.perf_counter()
@@ -162,7 +162,7 @@ def generate_image(
     out = generate(
         cond.lm,
         cond.input_ids,
-        method,
+        config,
         max_new_tokens=image_model.num_image_tokens,
         temperature=temperature,
         top_k=top_k,
@@ -172,7 +172,6 @@ def generate_image(
         uncond_input_ids=cond.uncond_input_ids if scale != 1.0 else None,
         compile=compile,
         progress=progress,
-        **method_options,
     )
     images = image_model.decode(out.new_tokens)
     if not return_output:

@@ -54,6 +54,19 @@ class CausalLM(Protocol):
 _FAMILIES: list[tuple[Callable[[Any], bool], Callable[[Any], CausalLM]]] = []
 
 
+def device_of(lm: CausalLM) -> torch.device:
+    """The device a model runs on (its ``device`` attribute, else its first parameter's)."""
+    if hasattr(lm, "device"):
+        return torch.device(lm.device)
+    return next(lm.parameters()).device
+
+
+def weights_id(lm: CausalLM) -> int:
+    """Identity of the module holding a model's weights: a per-call wrapper (a LlamaGen GPT bound
+    to one batch's conditions, a transformers adapter) shares it across calls."""
+    return id(getattr(lm, "gpt", None) or getattr(lm, "model", None) or lm)
+
+
 def register_family(predicate: Callable[[Any], bool], adapter: Callable[[Any], CausalLM]) -> None:
     """Let ``as_causal_lm`` accept models for which ``predicate(model)`` holds."""
     _FAMILIES.append((predicate, adapter))

@@ -152,11 +152,6 @@ def prefixed(groups: dict[str, Shapes]) -> Shapes:
     return {f"{g}/{name}": shape for g, shapes in groups.items() for name, shape in shapes.items()}
 
 
-def uniform(shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """U[0, 1) draws of ``shape`` on ``like``'s device."""
-    return torch.rand(shape, device=like.device, generator=generator)
-
-
 def normalize_residual(residual: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
     """``residual / sum(residual)``; where the residual is all zero use ``fallback`` instead.
 

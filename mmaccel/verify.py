@@ -42,10 +42,6 @@ class DecodeState:
     token_forward_BN: torch.Tensor  # int64: which forward committed each generated token
     forwards_1: torch.Tensor  # int64 [1]: verify forwards so far (the prefill is forward 0)
 
-    @property
-    def draft(self) -> Draft:
-        return Draft(self.draft_tokens_BK, self.draft_q_BKV)
-
     def tensors(self) -> list[torch.Tensor]:
         return [getattr(self, f.name) for f in fields(self)]
 

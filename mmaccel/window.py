@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from mmaccel.models import CausalLM
+from mmaccel.models import CausalLM, device_of, weights_id
 
 CANDIDATES = (0, 1, 2, 3, 4, 6, 8, 12, 16)
 # before any call: P(n >= 1), then P(n >= k + 1 | n >= k); the shape of sjd's survival curve on
@@ -66,9 +66,8 @@ def forward_costs(
 ) -> dict[int, float]:
     """Median wall-clock of one forward of ``rows`` rows at each block length (measured once per
     model, device, batch and cache size; block lengths interleaved so load drift hits all alike)."""
-    module = getattr(lm, "gpt", None) or getattr(lm, "model", None) or lm
-    device = _device(lm)
-    key = (id(module), str(device), rows, capacity)
+    device = device_of(lm)
+    key = (weights_id(lm), str(device), rows, capacity)
     table = _COSTS.setdefault(key, {})
     missing = [T for T in blocks if T not in table]
     if missing:
@@ -132,7 +131,6 @@ def choose(
     rows: int,
     capacity: int,
     streams: int = 1,
-    candidates: tuple[int, ...] = CANDIDATES,
     base: float = 1.0,
 ) -> int:
     """The window maximising expected tokens per second for method ``key`` at batch ``shape``.
@@ -142,7 +140,7 @@ def choose(
     window or two, after which the same seed gives the same output."""
     if (key, shape) in _CHOSEN:
         return _CHOSEN[key, shape]
-    rate = rates(key, lm, rows, capacity, streams, candidates, base)
+    rate = rates(key, lm, rows, capacity, streams, base)
     best = max(rate, key=lambda K: (rate[K], -K))
     if best == 0 or _RECORDS[key].timed_steps.get(best, 0) >= MIN_STEPS:
         _CHOSEN[key, shape] = best
@@ -150,19 +148,13 @@ def choose(
 
 
 def rates(
-    key: Hashable,
-    lm: CausalLM,
-    rows: int,
-    capacity: int,
-    streams: int = 1,
-    candidates: tuple[int, ...] = CANDIDATES,
-    base: float = 1.0,
+    key: Hashable, lm: CausalLM, rows: int, capacity: int, streams: int = 1, base: float = 1.0
 ) -> dict[int, float]:
     """Expected tokens per second (per row) of each candidate window: tau(K) / step seconds."""
     record = _RECORDS.setdefault(key, Record())
-    costs = forward_costs(lm, rows, capacity, tuple(sorted({streams * (K + 1) for K in candidates})))
+    costs = forward_costs(lm, rows, capacity, tuple(sorted({streams * (K + 1) for K in CANDIDATES})))
     seconds = step_seconds(record, costs, streams)
-    return {K: tokens_per_step(record, K, base) / seconds[K] for K in candidates}
+    return {K: tokens_per_step(record, K, base) / seconds[K] for K in CANDIDATES}
 
 
 def record(key: Hashable, K: int, hist: list[int], seconds: float | None) -> None:
@@ -191,12 +183,6 @@ def step_seconds(record: Record, costs: dict[int, float], streams: int) -> dict[
         K = T // streams - 1
         out[K] = measured.get(K, cost + per_draft * K)
     return out
-
-
-def _device(lm: CausalLM) -> torch.device:
-    if hasattr(lm, "device"):
-        return torch.device(lm.device)
-    return next(lm.parameters()).device
 
 
 def _sync(device: torch.device) -> None:
