@@ -77,8 +77,11 @@ def _info(spec: OptionSpec, method: str, model: ImageModel) -> str:
 
 def _field_value(spec: OptionSpec, method: str, model: ImageModel) -> Any:
     if spec.name in option_names(method):
-        return page_defaults(method, model)[spec.name]
-    return next(page_defaults(m, model)[spec.name] for m in spec.methods)  # hidden: any reader's
+        value = page_defaults(method, model)[spec.name]
+    else:
+        value = next(page_defaults(m, model)[spec.name] for m in spec.methods)  # hidden: any reader's
+    # a field that takes a word (window: auto) holds text, whether the default is the word or a number
+    return str(value) if spec.keywords and value is not None else value
 
 
 def _field(spec: OptionSpec, method: str, model: ImageModel) -> gr.components.Component:
@@ -97,6 +100,20 @@ def _field(spec: OptionSpec, method: str, model: ImageModel) -> gr.components.Co
             info=info,
             visible=visible,
             filterable=False,
+            elem_id=elem_id,
+        )
+    if spec.keywords:
+        # the word (auto) and a few numbers to pick, or any number typed in; check_request reads the text
+        lo, hi = spec.bounds or (0, math.inf)
+        rng = f"{lo:g} or more" if math.isinf(hi) else f"{lo:g} to {hi:g}"
+        return gr.Dropdown(
+            [*spec.keywords, *(str(n) for n in spec.suggested)],
+            value=value,
+            label=f"{spec.name} ({' or '.join(spec.keywords)}, or a whole number {rng})",
+            info=info,
+            visible=visible,
+            allow_custom_value=True,
+            filterable=True,
             elem_id=elem_id,
         )
     if spec.kind is bool:

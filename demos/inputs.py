@@ -1,7 +1,8 @@
 """What the demo accepts: the options each method offers, their defaults, and the checks on a request.
 
 Owns: ``method_options`` (every option a registered method reads, per
-``mmaccel.methods.OPTIONS``, with its type, choices, range and help; the model declares
+``mmaccel.methods.OPTIONS``, with its type, choices, range, the words it takes instead of a
+number (``window="auto"``) and help; the model declares
 ``grid_width`` so the page never offers it), ``page_defaults`` (what each option of a method
 runs with when the user names none, from ``mmaccel.methods.method_defaults``: the one source
 of defaults for the page, the API and the CLI), ``check_request`` (prompt, method or method
@@ -25,6 +26,7 @@ from mmaccel.acceptors.lantern import RULES
 from mmaccel.drafters import INITS
 from mmaccel.eval.common import parse_method_spec
 from mmaccel.methods import METHODS, OPTIONS, method_defaults, model_method_defaults, resolve_method
+from mmaccel.window import TIMED
 
 EXAMPLE_PROMPT = "a large red circle at the top left on a blue background"
 # The grammar's longest caption is about 110 characters; a longer prompt is refused, never cut.
@@ -34,17 +36,23 @@ MAX_SEED = 2**32 - 1
 HIDDEN_OPTIONS = frozenset({"name", "grid_width"})
 # What the config dataclasses cannot say about an option: its choices, range and meaning.
 CHOICES: dict[str, tuple[str, ...]] = {"init": tuple(INITS), "lantern_rule": tuple(RULES)}
-# A window wider than 64 costs more per forward than it can save on a 256-token image; more
-# than 256 "neighbours" of a code are no longer near it in the shipped 1024-code codebook.
+# Words an ``int | str`` option takes instead of a number (``mmaccel.methods``), and the numbers
+# the page suggests beside them: the windows ``auto`` itself times (``mmaccel.window``).
+KEYWORDS: dict[str, tuple[str, ...]] = {"window": ("auto",)}
+SUGGESTED: dict[str, tuple[int, ...]] = {"window": TIMED}
+# A window of 0 drafts is plain decoding through the method's acceptor; one wider than 64 costs
+# more per forward than it can save on a 256-token image; more than 256 "neighbours" of a code
+# are no longer near it in the shipped 1024-code codebook.
 BOUNDS: dict[str, tuple[float, float]] = {
-    "window": (1, 64),
+    "window": (0, 64),
     "zipar_window": (1, 64),
     "lantern_k": (1, 256),
     "lantern_delta": (0, 1),
     "lantern_lambda": (1, math.inf),
 }
 HELP: dict[str, str] = {
-    "window": "draft tokens verified per forward",
+    "window": "draft tokens verified per forward (0: none); auto: the number giving the most tokens "
+    "per second on this machine, found by timing a few steps at the method's first request",
     "init": "how new draft slots start: random, the left neighbour, or the token one grid row up",
     "zipar_window": "a row starts once the row above holds this many tokens",
     "lantern_k": "nearest codebook neighbours a draft may borrow probability from",
@@ -69,6 +77,8 @@ class OptionSpec:
     optional: bool = False  # None (an empty box) is a valid value
     choices: tuple[str, ...] | None = None
     bounds: tuple[float, float] | None = None
+    keywords: tuple[str, ...] = ()  # words taken instead of a number (window: auto)
+    suggested: tuple[int, ...] = ()  # numbers offered beside the keywords; any other may be typed
     help: str = ""
 
 
@@ -78,7 +88,7 @@ def _option_type(hint: Any) -> tuple[type, bool]:
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         optional = len(args) < len(typing.get_args(hint))
-        # ``int | str``: a number or a keyword such as window="auto"; the page offers the number
+        # ``int | str``: a number or one of the option's ``KEYWORDS`` (window="auto")
         hint = args[0] if len(args) == 1 else (int if set(args) == {int, str} else str)
     return (hint if hint in (int, float, bool, str) else str), optional
 
@@ -103,6 +113,8 @@ def method_options() -> dict[str, OptionSpec]:
             optional=optional,
             choices=CHOICES.get(name),
             bounds=BOUNDS.get(name),
+            keywords=KEYWORDS.get(name, ()),
+            suggested=SUGGESTED.get(name, ()),
             help=HELP.get(name, ""),
         )
         for name, ((kind, optional), methods) in found.items()
@@ -144,13 +156,16 @@ def _check_option(spec: OptionSpec, value: Any) -> Any:
     if spec.kind is bool:
         return bool(value)
     if spec.kind in (int, float):
+        words = "".join(f" or {w!r}" for w in spec.keywords)
+        if isinstance(value, str) and value.strip().lower() in spec.keywords:
+            return value.strip().lower()
         if isinstance(value, str):  # a text box or a method spec
             try:
                 value = float(value.strip())
             except ValueError:
-                raise InputError(f"Option {spec.name} must be a number, got {value!r}.") from None
+                raise InputError(f"Option {spec.name} must be a number{words}, got {value!r}.") from None
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise InputError(f"Option {spec.name} must be a number, got {value!r}.")
+            raise InputError(f"Option {spec.name} must be a number{words}, got {value!r}.")
         if spec.kind is int:
             if value != int(value):  # never round: 2.5 is not silently run as 2
                 raise InputError(f"Option {spec.name} must be a whole number, got {_number_text(value)}.")
@@ -158,7 +173,7 @@ def _check_option(spec: OptionSpec, value: Any) -> Any:
         if spec.bounds and not spec.bounds[0] <= value <= spec.bounds[1]:
             lo, hi = spec.bounds
             allowed = f"at least {lo:g}" if math.isinf(hi) else f"between {lo:g} and {hi:g}"
-            raise InputError(f"Option {spec.name} must be {allowed}, got {_number_text(value)}.")
+            raise InputError(f"Option {spec.name} must be {allowed}{words}, got {_number_text(value)}.")
         return value
     if spec.choices and value not in spec.choices:
         raise InputError(f"Option {spec.name} must be one of {', '.join(spec.choices)}; got {value!r}.")
@@ -217,17 +232,14 @@ def check_request(
     if spec.name not in METHODS:
         raise InputError(f"Unknown method {spec.name!r}; choose one of {', '.join(METHODS)}.")
     specs = method_options()
-    page = {
-        name: value
-        for name, value in (options or {}).items()
-        if not (defaults and name in defaults and value == defaults[name])
-    }
     checked = {}
-    for name, value in {**page, **spec.options}.items():
+    for name, value in {**(options or {}), **spec.options}.items():
         if name not in option_names(spec.name):
             raise _not_taken(spec.name, name)
         value = _check_option(specs[name], value)
-        if value is not None:  # left empty: the library's default
+        # compared once checked, so a box's text "8" or " auto" equals the default 8 or "auto"
+        at_default = name not in spec.options and defaults and name in defaults and value == defaults[name]
+        if value is not None and not at_default:  # left empty or at the default: the library's
             checked[name] = value
     try:
         resolve_method(spec.name, checked, model=model)

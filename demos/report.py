@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 import mmaccel
-from demos.inputs import Request, config_options
+from demos.inputs import Request, config_options, option_names
 from mmaccel.images import ImageModel, ImageOutput
 from mmaccel.methods import DESCRIPTIONS, LANTERN_DEFAULT_DELTA, LOSSLESS, JacobiConfig, resolve_method
 
@@ -118,7 +118,9 @@ def intro_markdown(choices: list[str], model: ImageModel) -> str:
         "# mmaccel: sampling an image model in fewer forward passes\n"
         f"Type a prompt, pick a method, and compare it with plain autoregressive decoding (`{BASELINE}`) "
         f"on the embedded {model.name} model ({side}x{side} = {model.num_image_tokens} image tokens). "
-        "**The same seed with the same method always gives the same image.** "
+        "**The same seed with the same method always gives the same image** (with `window=auto`, once "
+        "the window is chosen: a method's first requests may try a few; the summary names the one each "
+        "run used). "
         f"`{BASELINE}` and a lossless method ({', '.join(kinds[True])}) sample the same distribution, "
         "not the same picture: for one seed their images usually differ. "
         f"Lossy methods ({', '.join(kinds[False])}) sample a distribution close to `{BASELINE}`'s; "
@@ -136,9 +138,17 @@ class Comparison:
     stats: dict[str, Any]
 
 
-def _run_stats(out: ImageOutput, timed_s: list[float]) -> dict[str, Any]:
+def ran_window(out: ImageOutput) -> int | None:
+    """The drafts per step a run used (with ``window="auto"``, the number chosen); None for a
+    method without a draft window."""
+    config = out.generate_output.method
+    return config.window if "window" in option_names(config.name) else None
+
+
+def _run_stats(out: ImageOutput, timed: list[ImageOutput]) -> dict[str, Any]:
     forward_N = out.generate_output.token_forward_index[0].numpy()
-    return {
+    timed_s = [t.latency_s for t in timed]
+    stats = {
         "forward_passes": out.num_forward_passes,
         "tokens_per_forward": round(out.num_tokens / out.num_forward_passes, 3),
         "accepted_per_forward": np.bincount(forward_N, minlength=out.num_forward_passes).tolist(),
@@ -146,6 +156,10 @@ def _run_stats(out: ImageOutput, timed_s: list[float]) -> dict[str, Any]:
         "wall_clock_runs_s": [round(t, 4) for t in timed_s],
         "first_run_s": round(out.latency_s, 4),  # the warm-up run, whose image is shown
     }
+    if ran_window(out) is not None:
+        stats["window"] = ran_window(out)  # of the run whose image is shown
+        stats["wall_clock_windows"] = [ran_window(t) for t in timed]  # auto may re-choose per run
+    return stats
 
 
 def compare(
@@ -160,7 +174,8 @@ def compare(
 
     Fewer repeats (at least one) when the first runs show that ``repeats`` would take the
     request past ``budget_s`` seconds; the statistics say how many were timed. Same seed, same
-    model and the same options in every run, so the repeats redraw the same images.
+    model and the same options in every run, so the repeats redraw the same images (but with
+    ``window="auto"`` before the window is kept: each run's window is in the statistics).
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
@@ -182,16 +197,16 @@ def compare(
     pair_s = sum(out.latency_s for out in shown)
     left_s = budget_s - (time.perf_counter() - t0)
     n = max(1, min(repeats, int(left_s // pair_s)))
-    timed: dict[str, list[float]] = {BASELINE: [], "accelerated": []}
+    timed: dict[str, list[ImageOutput]] = {BASELINE: [], "accelerated": []}
     total = n * len(runs)
     for r in range(n):
         for j, (key, (method, options)) in enumerate(zip(timed, runs, strict=True)):
             k = r * len(runs) + j
             label = f"timing {k + 1} of {total}: {method} (repeat {r + 1} of {n})"
-            timed[key].append(run(method, options, 0.4 + 0.6 * k / total, label).latency_s)
+            timed[key].append(run(method, options, 0.4 + 0.6 * k / total, label))
     baseline, accelerated = shown
     lossless, note = fidelity(config, math.isqrt(model.num_image_tokens))
-    median = {key: statistics.median(ts) for key, ts in timed.items()}
+    median = {key: statistics.median(t.latency_s for t in outs) for key, outs in timed.items()}
     stats = {
         "prompt": request.prompt,
         "seed": request.seed,
@@ -218,12 +233,28 @@ def timing_words(n: int) -> str:
     return "a single timed run of each method (one noisy sample: more did not fit the time budget)"
 
 
+def options_text(stats: dict[str, Any]) -> str:
+    """``window=auto (default, chose 4), init=vertical (default)``: what the method ran with,
+    with the window ``auto`` chose (and, if the timed runs chose others, theirs)."""
+    named, m, parts = stats["options_named"], stats["accelerated"], []
+    for k, v in stats["options"].items():
+        notes = [] if k in named else ["default"]
+        if k == "window" and v == "auto" and "window" in m:
+            timed = m["wall_clock_windows"]
+            notes.append(
+                f"chose {m['window']}"
+                if all(w == m["window"] for w in timed)
+                else f"chose {m['window']} for the image; the timed runs used {', '.join(map(str, timed))}"
+            )
+        parts.append(f"{k}={v}" + (f" ({', '.join(notes)})" if notes else ""))
+    return ", ".join(parts)
+
+
 def summary_markdown(c: Comparison) -> str:
     """The table and notes under the images."""
     s, name = c.stats, c.request.method
     a, m, n = s[BASELINE], s["accelerated"], s["wall_clock_repeats"]
-    named = s["options_named"]
-    opts = ", ".join(f"{k}={v}" + ("" if k in named else " (default)") for k, v in s["options"].items())
+    opts = options_text(s)
     timed = f"median of {n} timed runs" if n > 1 else "1 timed run"
     rows = [
         f"| | `{BASELINE}` (baseline) | `{name}` |",

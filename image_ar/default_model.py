@@ -29,6 +29,8 @@ WEIGHTS_DIR = Path(__file__).parent / "weights"
 T2I_WEIGHTS, VQ_WEIGHTS = WEIGHTS_DIR / "shapes_t2i.safetensors", WEIGHTS_DIR / "vq_tiny.safetensors"
 # the options each method runs with on this model unless the user names others (measured best)
 METHOD_DEFAULTS = WEIGHTS_DIR / "shapes_t2i_method_defaults.json"
+# tokens per verify step per method and window at the default sampling (acceptance_profile.py)
+ACCEPTANCE = WEIGHTS_DIR / "shapes_t2i_acceptance.json"
 
 
 class ShapesT2IPipeline:
@@ -43,6 +45,7 @@ class ShapesT2IPipeline:
         default_guidance: float = 1.0,
         default_temperature: float = 1.0,
         method_defaults: dict[str, dict[str, Any]] | None = None,
+        acceptance_profile: dict[str, Any] | None = None,
     ) -> None:
         self.t2i, self.vq = t2i.eval(), vq.eval()
         self.gpt = t2i.gpt
@@ -52,6 +55,8 @@ class ShapesT2IPipeline:
         self.default_temperature = default_temperature
         # each method's best setting measured on this model (docs/benchmarks/README.md)
         self.method_defaults = dict(method_defaults or {})
+        # tokens per verify step per method and window at the default sampling (window="auto")
+        self.acceptance_profile = acceptance_profile
         with torch.no_grad():  # held once, so LANTERN's neighbour table is built once per model
             self.codebook = vq.quantize.codebook().detach().clone()
 
@@ -74,7 +79,7 @@ class ShapesT2IPipeline:
         B = len(prompts)
         if guidance:
             cond_BLC = torch.cat([cond_BLC, self.t2i.null_cond_embs(B).to(cond_BLC)])
-        lm = ConditionedGPT(self.gpt, cond_BLC, self.codebook.to(cond_BLC.device))
+        lm = ConditionedGPT(self.gpt, cond_BLC, self.codebook.to(cond_BLC.device), self.acceptance_profile)
         ids = lm.placeholder_ids(B)
         return ConditionedPrompts(lm, ids, ids if guidance else None, tuple(warnings))
 
@@ -106,4 +111,5 @@ def load_default(device: str | torch.device = "cpu") -> ShapesT2IPipeline:
         default_guidance=float(meta.get("default_guidance", 1.0)),
         default_temperature=float(meta.get("default_temperature", 1.0)),
         method_defaults={k: v for k, v in json.loads(METHOD_DEFAULTS.read_text()).items() if k != "about"},
+        acceptance_profile=json.loads(ACCEPTANCE.read_text()) if ACCEPTANCE.exists() else None,
     )

@@ -16,7 +16,20 @@ import sys
 from pathlib import Path
 
 from mmaccel.eval.commands import COMMANDS as EVAL_COMMANDS
-from mmaccel.methods import DESCRIPTIONS, METHODS
+from mmaccel.methods import DESCRIPTIONS, METHODS, OPTIONS
+
+
+def _window(text: str) -> int | str:
+    """``--window``: an integer >= 0 or ``auto``; anything else is an argparse error naming it."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0 or 'auto', got {text!r}")
+    return value
 
 
 def _generate_image(args: argparse.Namespace) -> int:
@@ -41,7 +54,10 @@ def _generate_image(args: argparse.Namespace) -> int:
     if args.scale > 1:
         image = image.resize((image.width * args.scale, image.height * args.scale), resample=0)
     image.save(path)
-    print(f"saved {path.resolve()}  ({args.method}: {out.num_forward_passes} forward passes for "
+    config = out.generate_output.method
+    # the window that ran: with window="auto" the number chosen, which --window pins next time
+    ran = f", window {config.window}" if "window" in OPTIONS.get(config.name, ()) else ""
+    print(f"saved {path.resolve()}  ({args.method}{ran}: {out.num_forward_passes} forward passes for "
           f"{out.num_tokens} tokens, {out.latency_s:.2f} s)")  # fmt: skip
     return 0
 
@@ -68,7 +84,13 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--temperature", type=float, default=None, help="default: the model's")
     gen.add_argument("--top-k", type=int, default=0)
     gen.add_argument("--top-p", type=float, default=1.0)
-    gen.add_argument("--window", type=int, default=None)
+    gen.add_argument(
+        "--window",
+        type=_window,
+        default=None,
+        help="drafts verified per step: an integer >= 0 (0: none) or auto (default: time a few steps "
+        "at the first call and use the count with the most tokens per second)",
+    )
     gen.add_argument("--init", default=None, help="random | horizontal | vertical")
     gen.add_argument("--option", action="append", default=[], help="extra method option key=value")
     gen.add_argument("--scale", type=int, default=4, help="upscale the saved image by this factor (nearest)")

@@ -34,10 +34,16 @@ _COMPILED: dict[Hashable, Callable] = {}  # kind -> torch.compile'd private copy
 # ``auto`` on a CPU: compiling a whole step costs about this many seconds of this machine's time
 # (measured: 20-60 s on 2 cores). A kind is run eagerly until the process has spent as long
 # running it, then compiled: the ski-rental rule, never more than about twice the better choice
-# made in hindsight (one-off calls and tests stay eager; benchmarks and servers compile).
+# made in hindsight (one-off calls and tests stay eager; benchmarks and servers compile). The
+# compiled step is kept only if its first timed call runs faster per step than the eager calls
+# did: on a 2-core CPU the compiled step is 2x faster at batch 1 and 2x SLOWER at batch 20
+# (measured: Shapes-T2I ``ar``, 0.70 s against 1.38 s per image at batch 1; 7.5 s against 3.9 s
+# per 20 images), so ``auto`` compiles only where it helps.
 COMPILE_AFTER_S = 30.0
-_EAGER_S: dict[Hashable, float] = {}  # kind -> seconds spent running it eagerly (auto mode)
+_EAGER_S: dict[Hashable, tuple[float, int]] = {}  # kind -> (seconds, steps) run eagerly (auto mode)
 _FAILED: set[Hashable] = set()  # kinds that torch.compile refused (auto then stays eager)
+_SLOWER: set[Hashable] = set()  # kinds whose compiled step ran slower than eager (auto stays eager)
+_KEPT: set[Hashable] = set()  # kinds whose compiled step was timed faster than eager
 _RAN: set[Hashable] = set()  # compiled kinds that have run (so have been compiled)
 
 
@@ -46,7 +52,8 @@ def resolve_mode(mode: str, device: torch.device | str, kind: Hashable | None = 
 
     ``auto``: one CUDA graph per bucket on CUDA; on a CPU ``torch.compile`` of the whole step
     once this process has run the kind eagerly for ``COMPILE_AFTER_S`` seconds (or compiled it
-    already), eager before that and for kinds the compiler refused.
+    already), eager before that, for kinds the compiler refused, and for kinds whose compiled
+    step was timed slower than their eager one (``record_compiled``).
     """
     if mode not in MODES:
         raise ValueError(f"compile must be one of {', '.join(MODES)}; got {mode!r}")
@@ -54,14 +61,35 @@ def resolve_mode(mode: str, device: torch.device | str, kind: Hashable | None = 
         return mode
     if torch.device(device).type == "cuda":
         return "cudagraph"
-    if kind in _FAILED:
+    if kind in _FAILED or kind in _SLOWER:
         return "eager"
-    return "compile" if kind in _COMPILED or _EAGER_S.get(kind, 0.0) >= COMPILE_AFTER_S else "eager"
+    return "compile" if kind in _COMPILED or _EAGER_S.get(kind, (0.0, 0))[0] >= COMPILE_AFTER_S else "eager"
 
 
-def record_eager(kind: Hashable, seconds: float) -> None:
-    """Count ``seconds`` of eager running of ``kind`` towards ``auto``'s decision to compile it."""
-    _EAGER_S[kind] = _EAGER_S.get(kind, 0.0) + seconds
+def record_eager(kind: Hashable, seconds: float, steps: int) -> None:
+    """Count ``seconds`` of eager running of ``kind`` (``steps`` steps) towards ``auto``'s
+    decision to compile it."""
+    total, n = _EAGER_S.get(kind, (0.0, 0))
+    _EAGER_S[kind] = (total + seconds, n + steps)
+
+
+def record_compiled(kind: Hashable, seconds: float, steps: int) -> None:
+    """The first timed compiled call of ``kind`` under ``auto`` (``steps`` steps in ``seconds``,
+    compilation excluded): keep the compiled step if it ran faster per step than the eager calls
+    did, else run the kind eagerly from now on."""
+    if kind in _KEPT or kind in _SLOWER or steps <= 0:
+        return
+    eager_s, eager_steps = _EAGER_S.get(kind, (0.0, 0))
+    if eager_steps == 0:
+        return
+    compiled_per_step, eager_per_step = seconds / steps, eager_s / eager_steps
+    if compiled_per_step < eager_per_step:
+        _KEPT.add(kind)
+        return
+    log.info("the compiled step ran %.2f ms per step against %.2f ms eagerly; running it eagerly",
+             1e3 * compiled_per_step, 1e3 * eager_per_step)  # fmt: skip
+    _SLOWER.add(kind)
+    _COMPILED.pop(kind, None)
 
 
 def compiled_for(fn: Callable, kind: Hashable) -> Callable:

@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mmaccel import window
-from mmaccel.compiled import MODES, CompiledStep, record_eager, resolve_mode
+from mmaccel.compiled import MODES, CompiledStep, record_compiled, record_eager, resolve_mode
 from mmaccel.drafters import DraftContext, NoDraft
 from mmaccel.methods import JacobiConfig, MethodConfig, ZipARConfig, build, resolve_method
 from mmaccel.models import CausalLM, as_causal_lm, device_of, weights_id
@@ -139,7 +139,8 @@ def generate(
             unconditional rows see the same drafts and the guided logits are what is verified.
         compile: how the verify step runs: ``auto`` (default: one CUDA graph of the whole step
             on CUDA; elsewhere eager until this process has run the step about as long as
-            compiling it costs, then ``torch.compile``), ``eager``, ``compile`` or ``cudagraph``.
+            compiling it costs, then ``torch.compile``, kept only if it runs faster per step
+            than eager did), ``eager``, ``compile`` or ``cudagraph``.
         progress: show a progress bar.
 
     Raises:
@@ -223,21 +224,26 @@ def _decode(
     grid_width,
     compile_mode,
     progress,
-) -> GenerateOutput:
+    probe_steps: int = 0,
+) -> GenerateOutput | list[float]:
+    """Decode a packed batch with a resolved config. ``probe_steps`` > 0 (``window="auto"``
+    timing a window): run that many verify steps eagerly and return their seconds instead."""
     t0 = time.perf_counter()
     device = device_of(lm)
     rows, prompt_T = ids_BT.shape
     H = max_new_tokens // grid_width if isinstance(config, ZipARConfig) else 0
     streams = num_streams(H, grid_width, config.zipar_window) if H else 1
-    # the method on this model, whatever its window: acceptance seen with one window informs the others
-    window_key = (weights_id(lm), dataclasses.replace(config, window="auto") if isinstance(config, JacobiConfig)
-                  else config, sampling)  # fmt: skip
-    if isinstance(config, JacobiConfig) and config.window == "auto":
+    if isinstance(config, JacobiConfig) and config.window == "auto" and probe_steps == 0:
         K = 0
         if config.name != "zipar":  # plain ZipAR has no drafts to choose
+
+            def time_steps(K: int) -> list[float]:
+                return _decode(lm, dataclasses.replace(config, window=K), sampling, input_ids, ids_BT, lens_B,
+                               max_new_tokens, 0, eos_token_id, pad_token_id, grid_width, "eager", False,
+                               probe_steps=window.WARMUP_STEPS + window.TIMED_STEPS)  # fmt: skip
+
             base = max_new_tokens / zipar_forward_passes(H, grid_width, config.zipar_window) if H else 1.0
-            capacity = prompt_T + max_new_tokens + streams * (max(window.CANDIDATES) + 1)
-            K = window.choose(window_key, (rows, prompt_T, max_new_tokens), lm, rows, capacity, streams, base)
+            K = window.choose(lm, config, sampling, (rows, prompt_T), time_steps, max_new_tokens, base)
         config = dataclasses.replace(config, window=K)
     drafter, acceptor = build(config, lm)
     K = drafter.window
@@ -284,6 +290,8 @@ def _decode(
     mode = resolve_mode(compile_mode, device, kind)
     step = CompiledStep(fn, [(rows, block)], mode, args=args, kind=kind, mutated=mutated,
                         fallback=compile_mode == "auto")  # fmt: skip
+    if probe_steps:
+        return _time_steps(step, shapes, generator, device, rows, block, state, probe_steps)
     t_loop = time.perf_counter()
 
     forwards = 1
@@ -300,13 +308,13 @@ def _decode(
         forwards += 1
     bar.close()
     loop_s = time.perf_counter() - t_loop
-    if step.mode == "eager" and compile_mode == "auto":
-        record_eager(kind, loop_s)
+    if compile_mode == "auto" and step.mode == "eager":
+        record_eager(kind, loop_s, forwards - 1)
+    elif compile_mode == "auto" and step.mode == "compile" and not step.compiled_in_call:
+        record_compiled(kind, loop_s, forwards - 1)
     hist = state.emitted_hist_T.cpu().tolist()
     if forwards > 1:
-        steps_hist = hist.copy()
-        steps_hist[1] -= B  # the prefill's token is not a verify step
-        window.record(window_key, K, steps_hist, None if step.compiled_in_call else loop_s)
+        window.record(lm, config, sampling, K, window.step_histogram(hist, B))
 
     pad = pad_token_id if pad_token_id is not None else (eos_token_id if eos_token_id is not None else 0)
     new_BN = ctx.history_BN[:, :max_new_tokens]
@@ -326,3 +334,22 @@ def _decode(
         method=config,
         token_forward_index=state.token_forward_BN[:, :max_new_tokens].cpu(),
     )
+
+
+def _time_steps(step, shapes, generator, device, rows, block, state, n: int) -> list[float]:
+    """Seconds of up to ``n`` consecutive verify steps (fewer if every row finishes first)."""
+    seconds = []
+    for _ in range(n):
+        if bool(state.done_B.all()):
+            break
+        _sync(device)
+        t0 = time.perf_counter()
+        step(Draws.draw(shapes, generator, device), bucket=(rows, block))
+        _sync(device)
+        seconds.append(time.perf_counter() - t0)
+    return seconds
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -39,7 +39,7 @@ class JacobiConfig:
     """
 
     name: str = "sjd"
-    window: int | str = 16
+    window: int | str = "auto"
     init: str = "random"
     grid_width: int | None = None
 
@@ -73,7 +73,7 @@ class ZipARConfig(LanternConfig):
     """
 
     name: str = "zipar"
-    window: int | str = 8
+    window: int | str = "auto"
     zipar_window: int = 8
 
 

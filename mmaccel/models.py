@@ -27,6 +27,9 @@ class CausalLM(Protocol):
         max_seq_len: longest sequence (prompt + generated) the model supports.
         grid_width: tokens per raster row for image models, else None.
         family: short name used in error messages ("llama", "llamagen", ...).
+
+    Optional: ``acceptance_profile``, the tokens per verify step a model measured per method
+    and window at its default sampling (``mmaccel.window``; the default image model ships one).
     """
 
     vocab_size: int

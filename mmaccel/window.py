@@ -1,45 +1,48 @@
 """``window="auto"``: the number of drafts per step that maximises tokens per second here.
 
-A window of K drafts makes every forward carry K + 1 tokens per row (per active row for
-ZipAR). Whether that pays depends on two things this module measures instead of assuming:
+A window of K drafts makes every step carry K + 1 tokens per row (per active row for ZipAR).
+Whether that pays depends on two things this module measures instead of assuming:
 
-* cost: the target forward's wall-clock at block length T = K + 1 for this model, device and
-  batch, measured once per (model, device, rows, cache size) on a scratch cache (on a GPU the
-  curve is flat until the device fills up; on a 2-core CPU it is nearly linear at batch 20),
-  plus the time per draft beyond the forward that real steps showed; a window this process
-  has run is costed by its measured step time;
-* gain: the tokens one step emits, tau(K) = E[tokens per step], from the acceptance histograms
-  of earlier calls of the same method on the same model in this process. For a window never
-  run, tau is estimated from the nearest window that was: truncating a longer window's
-  survival curve (optimistic: a short Jacobi window refines its drafts fewer times) or
-  extending a shorter one's geometrically. Before any call, a prior (half the steps accept a
-  first draft, each further draft kept with probability 0.8) is used.
+* cost: the seconds of one whole verify step (forward, guidance, acceptance, drafting,
+  commit) with each window, timed at the first ``auto`` call of a method, model, sampling and
+  batch shape in a process by running a few real steps of that call eagerly on a scratch
+  cache with its own generator (the user's draws are untouched). Windows 0, 1, 2, 4, 8, 16 are
+  timed in that order, stopping once even the most tokens any window could emit would not pay
+  for the last step timed; the windows between are interpolated.
+* gain: the tokens one step emits, tau(K) = E[tokens per step], from acceptance histograms:
+  a model may ship its own per method and window at its default sampling
+  (``acceptance_profile``, measured offline: it does not depend on the hardware), and every
+  call adds its own under the window it ran. For a window never run, tau is estimated from the
+  nearest window that was: truncating a longer window's survival curve (optimistic: a short
+  Jacobi window refines its drafts fewer times) or extending a shorter one's geometrically.
+  With nothing measured, a prior (half the steps accept a first draft, each further draft kept
+  with probability 0.75) is used.
 
-The choice maximises tau(K) / cost(K + 1) over K in ``CANDIDATES``, 0 included (plain
-decoding through the same acceptor). Per (model, method, sampling, batch shape) it is made
-anew at each call until the window chosen has been timed, then kept for the life of the
-process: after those first calls the same seed gives the same output (the window is part of
-what a seed reproduces; the chosen one is reported in ``GenerateOutput.method``, and passing
-it as ``window=`` pins it anywhere). Every call's histogram is recorded under the window it
-ran, so later choices (another batch size) start from what was measured.
+The choice maximises tau(K) / cost(K) over K in ``CANDIDATES`` (shorter than the call), 0
+included (plain decoding through the same acceptor). It is kept for the life of the process
+as soon as the chosen window's tau is measured (always, for a model that ships its profile);
+until then each call re-chooses with what the previous ones measured. Once kept, the same
+seed gives the same output (the window is part of what a seed reproduces; the chosen one is
+reported in ``GenerateOutput.method``, and passing it as ``window=`` pins it anywhere).
 
-Owns: the per-process table of measured costs and acceptance, and the choice. Must never:
-run inside a step, change what a method samples (K only sets how many drafts are verified;
-every acceptor is exact or bounded for any K), or time anything when the window is given.
+Owns: the per-process table of step costs and acceptance, and the choice. Must never: run
+inside a step, change what a method samples (K only sets how many drafts are verified; every
+acceptor is exact or bounded for any K), or time anything when the window is given.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
-import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-
-import torch
+from typing import Any
 
 from mmaccel.models import CausalLM, device_of, weights_id
 
 CANDIDATES = (0, 1, 2, 3, 4, 6, 8, 12, 16)
+TIMED = (0, 1, 2, 4, 8, 16)  # windows whose step is timed; the others are interpolated
+WARMUP_STEPS, TIMED_STEPS = 2, 5  # steps run per timed window; the first are not counted
 # before any call: P(n >= 1), then P(n >= k + 1 | n >= k); the shape of sjd's survival curve on
 # the default model at K = 16 (0.49, then ratios 0.66-0.77)
 PRIOR_FIRST, PRIOR_RATIO = 0.5, 0.75
@@ -48,50 +51,56 @@ MIN_STEPS = 32  # verify steps of a window before its own mean replaces the esti
 
 @dataclass
 class Record:
-    """What this process has seen of one (model, method, batch) with each window."""
+    """What is known of one (model, method, sampling)'s acceptance with each window."""
 
     steps: dict[int, int] = field(default_factory=dict)  # K -> verify steps run
     hist: dict[int, list[int]] = field(default_factory=dict)  # K -> steps by tokens emitted
-    timed_steps: dict[int, int] = field(default_factory=dict)  # K -> steps of calls that were timed
-    step_s: dict[int, float] = field(default_factory=dict)  # K -> seconds in those steps
 
 
-_COSTS: dict[Hashable, dict[int, float]] = {}  # (model, device, rows, capacity) -> {T: forward seconds}
-_RECORDS: dict[Hashable, Record] = {}  # (model, method, sampling) -> acceptance seen per window
-_CHOSEN: dict[Hashable, int] = {}  # (model, method, sampling, batch shape) -> the window chosen
+_COSTS: dict[Hashable, dict[int, float]] = {}  # (method key, batch shape, device) -> {K: step seconds}
+_RECORDS: dict[Hashable, Record] = {}  # method key -> acceptance per window
+_CHOSEN: dict[Hashable, int] = {}  # (method key, batch shape) -> the window kept
 
 
-def forward_costs(
-    lm: CausalLM, rows: int, capacity: int, blocks: tuple[int, ...], repeats: int = 7
+def method_key(lm: CausalLM, config: Any, sampling: Any) -> Hashable:
+    """What acceptance is shared by: the model's weights, the method whatever its window, the
+    target distribution."""
+    shared = dataclasses.replace(config, window="auto") if hasattr(config, "window") else config
+    return weights_id(lm), shared, sampling
+
+
+def step_costs(
+    key: Hashable, shape: Hashable, lm: CausalLM, time_steps: Callable[[int], list[float]], candidates, worth
 ) -> dict[int, float]:
-    """Median wall-clock of one forward of ``rows`` rows at each block length (measured once per
-    model, device, batch and cache size; block lengths interleaved so load drift hits all alike)."""
-    device = device_of(lm)
-    key = (weights_id(lm), str(device), rows, capacity)
-    table = _COSTS.setdefault(key, {})
-    missing = [T for T in blocks if T not in table]
-    if missing:
-        cache = lm.new_cache(rows, capacity)
-        cache.lens_B.fill_(capacity // 2)  # a half-full cache: attention over a typical length
-        times: dict[int, list[float]] = {T: [] for T in missing}
-        with torch.inference_mode():
-            for r in range(repeats + 2):  # the first two rounds warm up (allocations, kernel choice)
-                for T in missing:
-                    tokens_BT = torch.zeros(rows, T, dtype=torch.long, device=device)
-                    slots_BT, mask_BTS = cache.slots(T), cache.attn_mask(T)
-                    _sync(device)
-                    t0 = time.perf_counter()
-                    lm.forward(tokens_BT, slots_BT, cache, slots_BT, mask_BTS)
-                    _sync(device)
-                    if r >= 2:
-                        times[T].append(time.perf_counter() - t0)
-        table.update({T: statistics.median(ts) for T, ts in times.items()})
-    # a longer block never costs less: a dip is measurement noise, and trusting it picks windows
-    # that lose (seen: T = 2 timed below T = 1 on a loaded 2-core machine)
-    out, most = {}, 0.0
-    for T in sorted(blocks):
-        most = max(most, table[T])
-        out[T] = most
+    """Seconds of one verify step for each of ``candidates``: the ``TIMED`` ones by
+    ``time_steps(K)`` (the seconds of consecutive real steps; median after warm-up), once per
+    key, shape and device; the others interpolated. Timing stops at the first window whose
+    step costs more than ``worth(seconds)`` says any window could repay (``worth`` returns
+    False); windows past it are then given that window's cost, a lower bound that never wins."""
+    table = _COSTS.setdefault((key, shape, str(device_of(lm))), {})
+    for K in (K for K in TIMED if K <= max(candidates)):
+        if K not in table:
+            seconds = time_steps(K)
+            timed = seconds[WARMUP_STEPS:] or seconds
+            table[K] = statistics.median(timed)
+        if not worth(table, K):
+            break
+    # a longer window never costs less: a dip is measurement noise, and trusting it picks
+    # windows that lose (seen: T = 2 timed below T = 1 on a loaded 2-core machine)
+    known, most = {}, 0.0
+    for K in sorted(table):
+        most = max(most, table[K])
+        known[K] = most
+    out = {}
+    for K in candidates:
+        below = max(k for k in known if k <= K)
+        above = [k for k in known if k >= K]
+        if not above:
+            out[K] = known[below]
+        else:
+            hi = min(above)
+            f = 0.0 if hi == below else (K - below) / (hi - below)
+            out[K] = known[below] + f * (known[hi] - known[below])
     return out
 
 
@@ -116,6 +125,19 @@ def tokens_per_step(record: Record, K: int, base: float = 1.0) -> float:
     return base * (1.0 + sum(PRIOR_FIRST * PRIOR_RATIO ** (k - 1) for k in range(1, K + 1)))
 
 
+def step_histogram(accepted_histogram: list[int], prompts: int) -> list[int]:
+    """Verify steps by tokens emitted, from a call's ``accepted_histogram`` (which also counts
+    the token each of the ``prompts`` rows took from the prefill)."""
+    hist = list(accepted_histogram)
+    hist[1] -= prompts
+    return hist
+
+
+def mean_tokens(hist: list[int]) -> float:
+    """Mean tokens emitted per verify step of a steps-by-tokens-emitted histogram."""
+    return sum(j * c for j, c in enumerate(hist)) / max(sum(hist), 1)
+
+
 def _survival(hist: list[int]) -> list[float]:
     """s[k] = P(the step kept at least k drafts) from steps-by-tokens-emitted counts (k = 0 ..
     len(hist) - 1, then zeros for as far as anyone reads: nothing longer was seen)."""
@@ -125,66 +147,85 @@ def _survival(hist: list[int]) -> list[float]:
 
 
 def choose(
-    key: Hashable,
-    shape: Hashable,
     lm: CausalLM,
-    rows: int,
-    capacity: int,
-    streams: int = 1,
+    config: Any,
+    sampling: Any,
+    shape: Hashable,
+    time_steps: Callable[[int], list[float]],
+    max_new_tokens: int,
     base: float = 1.0,
 ) -> int:
-    """The window maximising expected tokens per second for method ``key`` at batch ``shape``.
+    """The window maximising expected tokens per second for ``config`` at batch ``shape``.
 
-    Re-chosen at each call until the window chosen has been timed (``MIN_STEPS`` steps of calls
-    that did not compile), then kept for the process: the first calls of a shape may try a
-    window or two, after which the same seed gives the same output."""
+    ``time_steps(K)``: runs a few real steps of this call with window K and returns their
+    seconds. Kept for the process once the chosen window's acceptance is measured (module
+    docstring); until then, re-chosen at each call."""
+    key = method_key(lm, config, sampling)
     if (key, shape) in _CHOSEN:
         return _CHOSEN[key, shape]
-    rate = rates(key, lm, rows, capacity, streams, base)
+    rate = rates(lm, config, sampling, shape, time_steps, max_new_tokens, base)
     best = max(rate, key=lambda K: (rate[K], -K))
-    if best == 0 or _RECORDS[key].timed_steps.get(best, 0) >= MIN_STEPS:
+    if best == 0 or _RECORDS[key].steps.get(best, 0) >= MIN_STEPS:
         _CHOSEN[key, shape] = best
     return best
 
 
 def rates(
-    key: Hashable, lm: CausalLM, rows: int, capacity: int, streams: int = 1, base: float = 1.0
+    lm: CausalLM,
+    config: Any,
+    sampling: Any,
+    shape: Hashable,
+    time_steps: Callable[[int], list[float]],
+    max_new_tokens: int,
+    base: float = 1.0,
 ) -> dict[int, float]:
-    """Expected tokens per second (per row) of each candidate window: tau(K) / step seconds."""
-    record = _RECORDS.setdefault(key, Record())
-    costs = forward_costs(lm, rows, capacity, tuple(sorted({streams * (K + 1) for K in CANDIDATES})))
-    seconds = step_seconds(record, costs, streams)
-    return {K: tokens_per_step(record, K, base) / seconds[K] for K in CANDIDATES}
+    """Expected tokens per second (per row) of each candidate window: tau(K) / step seconds,
+    over the windows shorter than the call (a window never drafts past the last token)."""
+    key = method_key(lm, config, sampling)
+    record = known(key, lm, config, sampling)
+    candidates = [K for K in CANDIDATES if K < max(max_new_tokens, 1)]
+    tau = {K: tokens_per_step(record, K, base) for K in candidates}
+    most = max(tau.values())
+
+    def worth(table: dict[int, float], K: int) -> bool:
+        return most / table[K] >= max(tau[k] / table[k] for k in table if k in tau)
+
+    costs = step_costs(key, shape, lm, time_steps, candidates, worth)
+    return {K: tau[K] / costs[K] for K in candidates}
 
 
-def record(key: Hashable, K: int, hist: list[int], seconds: float | None) -> None:
-    """Add one call's acceptance histogram and decode seconds under the window it ran
-    (``seconds`` None: the call's time is not representative, e.g. it compiled its step)."""
-    rec = _RECORDS.setdefault(key, Record())
-    steps = sum(hist)
-    rec.steps[K] = rec.steps.get(K, 0) + steps
-    if seconds is not None:
-        rec.timed_steps[K] = rec.timed_steps.get(K, 0) + steps
-        rec.step_s[K] = rec.step_s.get(K, 0.0) + seconds
+def known(key: Hashable, lm: CausalLM, config: Any, sampling: Any) -> Record:
+    """The acceptance record of ``key``, started from the model's shipped profile when it has
+    one for this method (same options) and sampling."""
+    if key in _RECORDS:
+        return _RECORDS[key]
+    record = _RECORDS[key] = Record()
+    profile = getattr(lm, "acceptance_profile", None) or {}
+    if profile.get("sampling") != dataclasses.asdict(sampling):
+        return record
+    options = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("name", "window")}
+    for entry in profile.get("profiles", []):
+        if entry["method"] == config.name and _same(entry["options"], options):
+            for K, hist in entry["hist"].items():
+                record.steps[int(K)] = sum(hist)
+                record.hist[int(K)] = list(hist)
+    return record
+
+
+def _same(shipped: dict[str, Any], options: dict[str, Any]) -> bool:
+    # JSON has no tuples; compare through it
+    return {k: _plain(v) for k, v in shipped.items()} == {k: _plain(v) for k, v in options.items()}
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def record(lm: CausalLM, config: Any, sampling: Any, K: int, hist: list[int]) -> None:
+    """Add one call's steps-by-tokens-emitted histogram under the window it ran (on top of the
+    model's shipped profile, which a call with a fixed window must not hide)."""
+    rec = known(method_key(lm, config, sampling), lm, config, sampling)
+    rec.steps[K] = rec.steps.get(K, 0) + sum(hist)
     n = max(len(hist), len(rec.hist.get(K, [])))
     old = rec.hist.get(K, []) + [0] * n
     rec.hist[K] = [old[j] + (hist[j] if j < len(hist) else 0) for j in range(n)]
-
-
-def step_seconds(record: Record, costs: dict[int, float], streams: int) -> dict[int, float]:
-    """Seconds of one verify step per candidate window: measured where this process ran it
-    (at least ``MIN_STEPS`` steps), else the forward's time plus the per-draft time beyond the
-    forward that measured windows showed (drafting, acceptance, draws grow with K)."""
-    measured = {K: record.step_s[K] / n for K, n in record.timed_steps.items() if n >= MIN_STEPS}
-    extra = [(t - costs.get(streams * (K + 1), t)) / K for K, t in measured.items() if K > 0]
-    per_draft = max(statistics.median(extra), 0.0) if extra else 0.0
-    out = {}
-    for T, cost in costs.items():
-        K = T // streams - 1
-        out[K] = measured.get(K, cost + per_draft * K)
-    return out
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

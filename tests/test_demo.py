@@ -5,9 +5,11 @@ A module fixture starts ``python -m demos.app`` on a free loopback port. Headles
 truth: each method shows only the options it reads, filled with the library's defaults; bad
 input (2.5 for an integer, an over-long prompt) gets one readable message and clears the
 previous results; one progress bar names each run; the wall-clock ratio is a labelled median;
-both heat maps share one stated scale. ``gradio_client`` drives the ``generate`` API endpoint
-with concurrent requests, whose results must equal direct ``generate_image`` calls with the
-same seed, and with bad input, which must come back as a readable error. The logic behind the
+both heat maps share one stated scale; the window field offers ``auto`` (the default) and takes
+a typed number. ``gradio_client`` drives the ``generate`` API endpoint with concurrent
+requests, whose results must equal direct ``generate_image`` calls with the same seed and the
+window the server reports having run (``auto`` times each process's own machine), and with bad
+input, which must come back as a readable error. The logic behind the
 page is tested without a server in ``tests/test_demo_inputs.py``.
 """
 
@@ -153,7 +155,8 @@ def test_page_in_browser(demo_url, model, tmp_path):
             page.goto(demo_url)
             # what the page promises: same seed + same method -> same image; same distribution, not picture
             intro = page.locator("#intro")
-            expect(intro).to_contain_text("The same seed with the same method always gives the same image.")
+            expect(intro).to_contain_text("The same seed with the same method always gives the same image")
+            expect(intro).to_contain_text("with window=auto, once the window is chosen")
             expect(intro).to_contain_text("sample the same distribution, not the same picture")
             expect(intro).not_to_contain_text("the same image in fewer")
             expect(page.locator("#seed")).to_contain_text(
@@ -185,13 +188,25 @@ def test_page_in_browser(demo_url, model, tmp_path):
             page.get_by_role("option", name="bounded", exact=True).click()
             expect(rule).to_have_value("bounded")
 
-            # a non-integer for an integer option is refused, naming the option and the value
+            # the window: auto by default, a few numbers to pick, any other typed in
             page.locator("#method").get_by_label("sjd", exact=True).check()
-            expect(page.locator("#option-window")).to_contain_text("default for sjd:")
+            window = page.locator("#option-window")
+            expect(window).to_contain_text("default for sjd: auto")
+            expect(window.get_by_role("combobox")).to_have_value("auto")
+            window.get_by_role("combobox").click()
+            offered = ["auto", "0", "1", "2", "4", "8", "16"]  # each shown after a hidden check mark
+            expect(page.get_by_role("option")).to_have_text([re.compile(rf"(^|\s){v}$") for v in offered])
+            page.keyboard.press("Escape")
+            # a non-integer or a word other than auto is refused, naming the option and the value
             status = page.locator("#status")
-            page.locator("#option-window input").fill("2.5")
-            page.locator("#run").click()
-            expect(status).to_contain_text("Option window must be a whole number, got 2.5.", timeout=30_000)
+            for typed, message in (
+                ("2.5", "Option window must be a whole number, got 2.5."),
+                ("fast", "Option window must be a number or 'auto', got 'fast'."),
+            ):
+                window.locator("input").fill(typed)
+                window.locator("input").press("Enter")
+                page.locator("#run").click()
+                expect(status).to_contain_text(message, timeout=30_000)
 
             # a prompt over the limit is refused whole: the box keeps every character, nothing is cut
             long = ("a small yellow square at the left and a large white triangle " * 6)[
@@ -212,6 +227,7 @@ def test_page_in_browser(demo_url, model, tmp_path):
             # the method's defaults land first (the switch refills the fields), then the user's value
             expect(page.locator("#option-window")).to_contain_text("default for sjd-coupled")
             page.locator("#option-window input").fill("8")
+            page.locator("#option-window input").press("Enter")
             page.locator("#seed input").fill("7")
             page.evaluate(WATCH_PROGRESS)
             page.locator("#run").click()
@@ -273,17 +289,19 @@ def test_concurrent_api_requests_match_direct_generation(demo_url, model, one_th
     ]
     jobs = [client.submit(*request, api_name="/generate") for request in requests]
 
-    # the same generations made here while the server works through its queue
-    direct = []
-    for prompt, method, seed in requests:
+    # the same generations made here while the server works through its queue; window="auto"
+    # times this process's machine, so the method's run is pinned to the window the server ran
+    direct, results = [], []
+    for job, (prompt, method, seed) in zip(jobs, requests, strict=True):
         req = check_request(prompt, method, seed, model=model)
         ar = mmaccel.generate_image(prompt, "ar", model=model, seed=seed, return_output=True)
+        results.append(job.result(timeout=300))
+        ran = results[-1][2]["accelerated"]["window"]
         out = mmaccel.generate_image(
-            prompt, req.method, model=model, seed=seed, return_output=True, **req.options
+            prompt, req.method, model=model, seed=seed, return_output=True, **{**req.options, "window": ran}
         )
         direct.append((req, {"ar": ar, "accelerated": out}))
 
-    results = [job.result(timeout=300) for job in jobs]
     for (prompt, _, seed), (req, runs), (ar_path, method_path, stats) in zip(
         requests, direct, results, strict=True
     ):
@@ -291,6 +309,11 @@ def test_concurrent_api_requests_match_direct_generation(demo_url, model, one_th
         # the options it ran with: the library's defaults for this model under what was named
         defaults = {k: v for k, v in page_defaults(req.method, model).items() if v is not None}
         assert stats["options"] == {**defaults, **req.options} and stats["options_named"] == req.options
+        # the window that ran: the one named, else the number auto chose
+        window = stats["accelerated"]["window"]
+        assert window == req.options.get("window", window) and isinstance(window, int) and window >= 0
+        assert len(stats["accelerated"]["wall_clock_windows"]) == stats["wall_clock_repeats"]
+        assert "window" not in stats["ar"]
         for key, path in (("ar", ar_path), ("accelerated", method_path)):
             out, got = runs[key], stats[key]
             assert got["forward_passes"] == out.num_forward_passes
@@ -310,7 +333,8 @@ def test_concurrent_api_requests_match_direct_generation(demo_url, model, one_th
     "prompt, method, seed, message",
     [
         ("   ", "sjd", 0, "Please enter a prompt"),
-        (PROMPTS[0], "sjd:window=0", 0, "window must be between 1 and 64"),
+        (PROMPTS[0], "sjd:window=-1", 0, "Option window must be between 0 and 64 or 'auto', got -1"),
+        (PROMPTS[0], "sjd:window=fast", 0, "Option window must be a number or 'auto', got 'fast'"),
         (PROMPTS[0], "sjd:window=2.5", 0, "Option window must be a whole number, got 2.5"),
         (PROMPTS[0], "sjd", 2.5, "seed must be a whole number from 0 to 4294967295, got 2.5"),
         (PROMPTS[1] * 3, "sjd", 0, f"prompt is too long: {len(PROMPTS[1] * 3)} characters, at most 300"),

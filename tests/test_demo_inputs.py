@@ -18,8 +18,17 @@ from demos.inputs import (
     option_names,
     page_defaults,
 )
-from demos.report import LOSSLESS, compare, fidelity, timing_words, what_it_does
+from demos.report import (
+    LOSSLESS,
+    compare,
+    fidelity,
+    options_text,
+    summary_markdown,
+    timing_words,
+    what_it_does,
+)
 from demos.visualize import heat_maps
+from mmaccel import window
 from mmaccel.acceptors.lantern import RULES
 from mmaccel.methods import METHODS, OPTIONS, method_defaults, resolve_method
 
@@ -48,13 +57,15 @@ def test_page_defaults_are_the_librarys(model):
     for name in METHODS:
         library = method_defaults(name, model)
         assert page_defaults(name, model) == {o: library[o] for o in option_names(name)}
-    assert page_defaults("zipar+sjd", None)["window"] == 8  # not the 16 of sjd
+    assert page_defaults("sjd", None)["window"] == page_defaults("zipar+sjd", FAKE)["window"] == "auto"
     assert page_defaults("zipar+sjd", FAKE)["zipar_window"] == 4
     assert (
         default_note("zipar+sjd", "zipar_window", FAKE)
         == "default for zipar+sjd: 4 (fake-t2i's tuned setting)"
     )
-    assert default_note("zipar+sjd", "window", FAKE) == "default for zipar+sjd: 8 (the method's own default)"
+    assert (
+        default_note("zipar+sjd", "window", FAKE) == "default for zipar+sjd: auto (the method's own default)"
+    )
     assert default_note("lantern", "lantern_lambda", FAKE) == "default for lantern: not set"
 
 
@@ -82,6 +93,25 @@ def test_a_request_names_only_what_the_user_changed():
         check_request(PROMPT, "lantern", 0, {**shown, "lantern_delta": 0.5, "lantern_lambda": 2}, shown, FAKE)
 
 
+def test_the_window_field_takes_auto_or_a_whole_number():
+    spec = method_options()["window"]
+    assert (spec.kind, spec.keywords, spec.suggested, spec.bounds) == (int, ("auto",), window.TIMED, (0, 64))
+    shown = page_defaults("sjd", FAKE)
+    assert shown["window"] == "auto"
+    # left at auto (however it is typed): not named, so the library's own default runs
+    for typed in ("auto", " Auto "):
+        assert check_request(PROMPT, "sjd", 0, {**shown, "window": typed}, shown, FAKE).options == {}
+    with pytest.raises(InputError, match="Option window needs a value."):
+        check_request(PROMPT, "sjd", 0, {**shown, "window": ""}, shown, FAKE)
+    # a number, typed in the box or picked from the list, is passed on as an int
+    for typed, ran in (("8", 8), (" 3 ", 3), ("0", 0), (12, 12), ("16.0", 16)):
+        assert check_request(PROMPT, "sjd", 0, {**shown, "window": typed}, shown, FAKE).options == {
+            "window": ran
+        }
+    assert check_request(PROMPT, "sjd:window=auto", 0).options == {"window": "auto"}  # named explicitly
+    assert check_request(PROMPT, "zipar+sjd:window=4", 0).options == {"window": 4}
+
+
 @pytest.mark.parametrize(
     "method, options, seed, message",
     [
@@ -89,7 +119,11 @@ def test_a_request_names_only_what_the_user_changed():
         ("sjd:window=2.5", {}, 0, "Option window must be a whole number, got 2.5."),
         ("zipar+sjd", {"zipar_window": "3.5"}, 0, "Option zipar_window must be a whole number, got 3.5."),
         ("sjd", {}, 2.5, "The seed must be a whole number from 0 to 4294967295, got 2.5."),
-        ("sjd", {"window": 65}, 0, "Option window must be between 1 and 64, got 65."),
+        ("sjd", {"window": 65}, 0, "Option window must be between 0 and 64 or 'auto', got 65."),
+        ("sjd", {"window": "-1"}, 0, "Option window must be between 0 and 64 or 'auto', got -1."),
+        ("sjd", {"window": "fast"}, 0, "Option window must be a number or 'auto', got 'fast'."),
+        ("sjd:window=fast", {}, 0, "Option window must be a number or 'auto', got 'fast'."),
+        ("lantern", {"lantern_k": "auto"}, 0, "Option lantern_k must be a number, got 'auto'."),
         ("lantern", {"lantern_lambda": 0.5}, 0, "Option lantern_lambda must be at least 1, got 0.5."),
         ("lantern", {"lantern_rule": "fast"}, 0, "Option lantern_rule must be one of bounded, paper"),
         ("zipar", {"window": 8}, 0, "Method 'zipar' has no option 'window' (window is read by"),
@@ -151,8 +185,33 @@ def test_compare_times_repeats_within_its_budget_and_labels_each_run(one_thread)
     assert s["speedup_wall_clock"] == pytest.approx(
         s["ar"]["wall_clock_s"] / s["accelerated"]["wall_clock_s"], 1e-2
     )
-    assert s["options"] == {"window": 16, "init": "random"} and s["options_named"] == {}
+    assert s["options"] == {"window": "auto", "init": "random"} and s["options_named"] == {}
     assert s["lossless"] is True
+    # the window that ran: auto's choice, for the shown run and each timed one
+    chosen = s["accelerated"]["window"]
+    assert chosen == c.accelerated.generate_output.method.window and chosen in window.CANDIDATES
+    assert len(s["accelerated"]["wall_clock_windows"]) == 1 and "window" not in s["ar"]
+    assert f"`sjd` ran with {options_text(s)}." in summary_markdown(c)
+    assert options_text(s).startswith(f"window=auto (default, chose {chosen}")
+
+
+def test_the_summary_names_the_window_auto_chose():
+    def stats(options, named, shown, timed):
+        return {
+            "options": options,
+            "options_named": named,
+            "accelerated": {"window": shown, "wall_clock_windows": timed},
+        }
+
+    auto = {"window": "auto", "init": "vertical"}
+    assert (
+        options_text(stats(auto, {}, 4, [4, 4])) == "window=auto (default, chose 4), init=vertical (default)"
+    )
+    assert (
+        options_text(stats(auto, {"window": "auto"}, 4, [6, 4]))
+        == "window=auto (chose 4 for the image; the timed runs used 6, 4), init=vertical (default)"
+    )
+    assert options_text(stats({"window": 8}, {"window": 8}, 8, [8])) == "window=8"
 
 
 def test_heat_maps_share_one_colour_scale():
@@ -169,10 +228,14 @@ def test_heat_maps_share_one_colour_scale():
     assert (right[side - 2, side - 2] != left[side - 2, side - 2]).any()
 
 
-def test_the_cli_runs_with_the_defaults_the_page_shows(tmp_path, capsys, one_thread):
+def test_the_cli_runs_with_the_defaults_the_page_shows(tmp_path, capsys, one_thread, monkeypatch):
     """One set of defaults: ``mmaccel generate-image`` with no options = the page with untouched fields."""
     from mmaccel.cli import main
 
+    # window="auto" times this machine and may choose differently from call to call; one fixed
+    # choice, taken by every call that reached it, keeps the comparison about the defaults
+    asked = []
+    monkeypatch.setattr(window, "choose", lambda lm, config, *args: asked.append(config.window) or 4)
     model = mmaccel.load_model()
     shown = page_defaults("zipar+sjd", model)
     req = check_request(PROMPT, "zipar+sjd", 0, shown, shown, model)
@@ -180,6 +243,7 @@ def test_the_cli_runs_with_the_defaults_the_page_shows(tmp_path, capsys, one_thr
     page = mmaccel.generate_image(PROMPT, req.method, model=model, seed=0, return_output=True, **req.options)
     explicit = mmaccel.generate_image(PROMPT, "zipar+sjd", model=model, seed=0, return_output=True, **shown)
     assert page.num_forward_passes == explicit.num_forward_passes
+    assert page.generate_output.method == explicit.generate_output.method
     argv = [
         "generate-image",
         PROMPT,
@@ -191,4 +255,5 @@ def test_the_cli_runs_with_the_defaults_the_page_shows(tmp_path, capsys, one_thr
         str(tmp_path / "x.png"),
     ]
     assert main(argv) == 0
-    assert f"zipar+sjd: {page.num_forward_passes} forward passes" in capsys.readouterr().out
+    assert f"zipar+sjd, window 4: {page.num_forward_passes} forward passes" in capsys.readouterr().out
+    assert asked == ["auto"] * 3  # the page, the explicit defaults and the CLI all ran window="auto"

@@ -62,6 +62,48 @@ def test_results_do_not_depend_on_the_number_of_processes(pipeline, prompts):  #
         assert a.forward_passes == b.forward_passes and image_digest(a.images) == image_digest(b.images)
 
 
+def test_a_run_with_window_auto_keeps_the_window_of_its_first_call(pipeline, prompts, monkeypatch):  # noqa: F811
+    from mmaccel import window
+
+    answers = iter([3, 5, 7, 9, 11])  # a choice that would change with every call
+    monkeypatch.setattr(window, "choose", lambda *a, **k: next(answers))
+    runs, chunks = (
+        make_runs([MethodSpec("sjd"), MethodSpec("sjd", {"window": 2})]),
+        plan_chunks(len(prompts), 2),
+    )
+    results = run_chunks(
+        runs, prompts, chunks, model=pipeline, seed=3, warmup=False, repeats=2, progress=False
+    )
+    auto = [r.config for r in results if r.label == "sjd"]
+    assert len(auto) == 2 * len(chunks) and all("window=3," in c for c in auto)  # the first call's choice
+    assert all("window=2," in r.config for r in results if r.label == "sjd:window=2")
+
+
+def test_best_runs_each_method_in_the_faster_mode_timed_after_warm_up(pipeline, prompts, monkeypatch):  # noqa: F811
+    import types
+
+    from mmaccel import images
+
+    real = images.generate_image
+    calls = []
+
+    def timed(*args, compile, **kw):  # ar is faster compiled, sjd eagerly (made up)
+        out = real(*args, compile="eager", **kw)
+        calls.append((args[1], compile))
+        slow = (args[1] == "ar") == (compile == "eager")
+        return types.SimpleNamespace(**{**vars(out), "latency_s": 2.0 if slow else 1.0})
+
+    monkeypatch.setattr(images, "generate_image", timed)
+    runs, chunks = make_runs([MethodSpec("sjd", {"window": 2})]), plan_chunks(len(prompts), 2)
+    results = run_chunks(runs, prompts, chunks, model=pipeline, seed=3, compile="best", progress=False)
+    modes = {r.label: r.config.rsplit("compile=", 1)[1] for r in results}
+    assert modes == {"ar": "compile", "sjd:window=2": "eager"}
+    timed_calls = calls[len(runs) : 4 * len(runs)]  # after the warm-up: eager, compile (compiling), compile
+    assert sorted(timed_calls) == sorted(
+        (r.spec.name, m) for r in runs for m in ("eager", "compile", "compile")
+    )
+
+
 def test_compare_agrees_with_latency(pipeline, prompts):  # noqa: F811
     comp = compare(METHODS, prompts, batch=2, seed=1, model=pipeline, metrics=("speed", "accuracy"),
                    warmup=False, progress=False)  # fmt: skip
@@ -108,7 +150,8 @@ def _free_port() -> int:
 
 
 def _compare_cli(out: Path, stats: Path, processes: int) -> dict:
-    args = ["-m", "mmaccel.eval", "compare", "--methods", "ar,sjd", "--prompts", "8", "--batch", "4", "--real", "64",
+    # a pinned window: with window="auto" each run chooses from its own timings (one window per run)
+    args = ["-m", "mmaccel.eval", "compare", "--methods", "ar,sjd:window=8", "--prompts", "8", "--batch", "4", "--real", "64",
             "--real-stats", str(stats), "--no-warmup", "--grid", "0", "--cpu", "--compile", "eager",
             "--out", str(out)]  # fmt: skip
     if processes > 1:  # `--cpu` in accelerate 1.x starts one process unless mpirun is set up; --multi_gpu
@@ -130,7 +173,7 @@ def test_two_processes_equal_one_process(tmp_path):
     one = _compare_cli(tmp_path / "one", tmp_path / "ref.pt", 1)
     two = _compare_cli(tmp_path / "two", tmp_path / "ref.pt", 2)  # reads the statistics the first run cached
     assert (one["meta"]["processes"], two["meta"]["processes"]) == (1, 2)
-    assert one["prompts"] == two["prompts"] and list(one["summary"]) == ["ar", "sjd"]
+    assert one["prompts"] == two["prompts"] and list(one["summary"]) == ["ar", "sjd:window=8"]
     keys = ("images_sha1", "fd_shapesnet", "accuracy", "forward_passes_per_prompt", "accepted_histogram")
     for label, a in one["summary"].items():
         b = two["summary"][label]

@@ -61,9 +61,9 @@ def guided_reference(pipeline):
     return reference_guided_greedy(pipeline, PROMPTS[1], 2.0)
 
 
-@pytest.mark.parametrize(("method", "options"), [("ar", {}), ("jacobi", {}), ("sjd", {"window": 5}),
+@pytest.mark.parametrize(("method", "options"), [("ar", {}), ("jacobi", {"window": 16}), ("sjd", {"window": 5}),
                                                  ("sjd-coupled", {"init": "vertical", "window": 12}),
-                                                 ("sjd", {"init": "horizontal"})])  # fmt: skip
+                                                 ("sjd", {"init": "horizontal", "window": 16})])  # fmt: skip
 def test_greedy_with_guidance_equals_reference(pipeline, guided_reference, method, options):
     expected = guided_reference
     out = mmaccel.generate_image(PROMPTS[1], method, model=pipeline, temperature=0.0, guidance_scale=2.0,

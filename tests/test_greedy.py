@@ -11,9 +11,10 @@ from .conftest import tiny_llama, tiny_lm
 
 GREEDY_METHODS = [
     ("ar", {}),
-    ("jacobi", {}),
-    ("sjd", {}),
-    ("sjd-coupled", {}),
+    ("jacobi", {"window": 16}),
+    ("sjd", {"window": 16}),
+    ("sjd-coupled", {"window": 16}),
+    ("sjd", {}),  # window="auto": greedy whatever window it picks
     ("jacobi", dict(window=5, init="horizontal")),
     ("sjd", dict(window=3, init="vertical", grid_width=4)),
     ("sjd-coupled", dict(window=7, init="vertical", grid_width=3)),
@@ -90,6 +91,7 @@ def test_eos_stops_rows_independently_like_transformers(method):
         do_sample=False,
         eos_token_id=eos,
         pad_token_id=0,
+        **({} if method == "ar" else {"window": 8}),
     )
     stopped = (out.new_tokens == eos).any(1)
     assert stopped.any() and not stopped.all()
@@ -129,6 +131,8 @@ def test_other_hf_decoders_greedy(arch):
     ref = model.generate(
         ids, attention_mask=mask, max_new_tokens=24, do_sample=False, pad_token_id=0, eos_token_id=None
     )
-    for method in ["ar", "sjd"]:
-        out = mmaccel.generate(model, ids, method, attention_mask=mask, max_new_tokens=24, do_sample=False)
+    for method, options in [("ar", {}), ("sjd", {"window": 8})]:
+        out = mmaccel.generate(
+            model, ids, method, attention_mask=mask, max_new_tokens=24, do_sample=False, **options
+        )
         assert torch.equal(out.sequences, ref), method

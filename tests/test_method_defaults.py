@@ -49,7 +49,7 @@ def test_method_defaults_lists_every_option_a_method_reads_with_the_value_it_run
         assert set(method_defaults(name)) == set(OPTIONS[name])
     assert method_defaults("zipar") == {"zipar_window": 8, "grid_width": None}
     shown = method_defaults("zipar+sjd", MODEL)
-    assert shown["zipar_window"] == 4 and shown["window"] == 8
+    assert shown["zipar_window"] == 4 and shown["window"] == "auto"
     with pytest.raises(ValueError, match="unknown method 'sdj'"):
         method_defaults("sdj")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib
+import time
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ import torch
 import mmaccel
 from mmaccel import compiled
 
+from .conftest import tiny_lm
 from .test_generate_image import PROMPTS
 from .test_generate_image import pipeline as pipeline  # noqa: F401 - the small t2i fixture
 
@@ -107,14 +109,55 @@ def test_auto_compiles_a_kind_only_after_it_has_run_eagerly_for_the_compile_time
     monkeypatch.setattr(compiled, "_EAGER_S", {})
     kind = ("verify_step", "test")
     assert compiled.resolve_mode("auto", "cpu", kind) == "eager"
-    compiled.record_eager(kind, compiled.COMPILE_AFTER_S / 2)
+    compiled.record_eager(kind, compiled.COMPILE_AFTER_S / 2, 100)
     assert compiled.resolve_mode("auto", "cpu", kind) == "eager"
-    compiled.record_eager(kind, compiled.COMPILE_AFTER_S / 2)
+    compiled.record_eager(kind, compiled.COMPILE_AFTER_S / 2, 100)
     assert compiled.resolve_mode("auto", "cpu", kind) == "compile"
     assert compiled.resolve_mode("auto", "cuda", kind) == "cudagraph"
     assert compiled.resolve_mode("eager", "cpu", kind) == "eager"
     with pytest.raises(ValueError, match="compile must be one of"):
         compiled.resolve_mode("jit", "cpu")
+
+
+@pytest.mark.parametrize(("compiled_s", "kept"), [(10.0, True), (40.0, False)])
+def test_auto_keeps_a_compiled_step_only_if_it_was_timed_faster_than_eager(monkeypatch, compiled_s, kept):
+    for table in ("_EAGER_S", "_COMPILED"):
+        monkeypatch.setattr(compiled, table, {})
+    for table in ("_SLOWER", "_KEPT"):
+        monkeypatch.setattr(compiled, table, set())
+    kind = ("verify_step", "timed")
+    compiled.record_eager(kind, compiled.COMPILE_AFTER_S, 100)  # 0.3 s per step eagerly
+    assert compiled.resolve_mode("auto", "cpu", kind) == "compile"
+    compiled.record_compiled(kind, compiled_s, 100)  # 0.1 s or 0.4 s per step compiled
+    assert compiled.resolve_mode("auto", "cpu", kind) == ("compile" if kept else "eager")
+    compiled.record_compiled(kind, 1.0 if not kept else 100.0, 100)  # decided once
+    assert compiled.resolve_mode("auto", "cpu", kind) == ("compile" if kept else "eager")
+
+
+def test_auto_compiles_only_where_it_helps_end_to_end(monkeypatch):
+    """A step whose compiled calls are slow (simulated) goes back to eager after one timed call."""
+    for table in ("_EAGER_S", "_COMPILED"):
+        monkeypatch.setattr(compiled, table, {})
+    for table in ("_SLOWER", "_KEPT", "_RAN"):
+        monkeypatch.setattr(compiled, table, set())
+    monkeypatch.setattr(compiled, "COMPILE_AFTER_S", 1e-9)  # compile from the second call
+
+    def slow_compile(fn, kind):
+        def run(*args):
+            time.sleep(0.002)  # every compiled step: 2 ms slower than eager
+            return fn(*args)
+
+        compiled._COMPILED[kind] = run
+        return run
+
+    monkeypatch.setattr(compiled, "compiled_for", slow_compile)
+    model, ids = tiny_lm(vocab=16), torch.tensor([[1, 2, 3]])
+    modes = []
+    for _ in range(4):
+        out = mmaccel.generate(model, ids, "ar", max_new_tokens=12, seed=0, compile="auto")
+        modes.append(out.sequences)
+    assert all(torch.equal(m, modes[0]) for m in modes)
+    assert len(compiled._SLOWER) == 1 and not compiled._KEPT
 
 
 def test_auto_runs_eagerly_where_the_compiler_refuses_the_step(monkeypatch, caplog):

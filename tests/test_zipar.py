@@ -86,7 +86,8 @@ def test_contents_of_undecoded_slots_change_nothing():
     model = tiny_lm(vocab=16)
     ids = torch.tensor([[1, 2, 3], [4, 5, 6]])
     kw = dict(max_new_tokens=16, grid_width=4, zipar_window=2, seed=3)
-    clean = [mmaccel.generate(model, ids, m, **kw).sequences for m in ("zipar", "zipar+sjd")]
+    methods = [("zipar", {}), ("zipar+sjd", {"window": 3})]
+    clean = [mmaccel.generate(model, ids, m, **kw, **o).sequences for m, o in methods]
     new_cache = model.new_cache
 
     def garbage_cache(batch, capacity):
@@ -96,7 +97,7 @@ def test_contents_of_undecoded_slots_change_nothing():
         return cache
 
     model.new_cache = garbage_cache
-    dirty = [mmaccel.generate(model, ids, m, **kw).sequences for m in ("zipar", "zipar+sjd")]
+    dirty = [mmaccel.generate(model, ids, m, **kw, **o).sequences for m, o in methods]
     assert all(torch.equal(a, b) for a, b in zip(clean, dirty, strict=True))
 
 

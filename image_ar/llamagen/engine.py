@@ -23,9 +23,17 @@ class ConditionedGPT:
 
     family = "llamagen"
 
-    def __init__(self, gpt: GPT, cond_embs_BLC: torch.Tensor, codebook: torch.Tensor | None = None) -> None:
-        # codebook: the VQ's code vectors [vocab, dim] as it quantizes (latent-relaxed methods read it)
+    def __init__(
+        self,
+        gpt: GPT,
+        cond_embs_BLC: torch.Tensor,
+        codebook: torch.Tensor | None = None,
+        acceptance_profile: dict | None = None,
+    ) -> None:
+        # codebook: the VQ's code vectors [vocab, dim] as it quantizes (latent-relaxed methods read it);
+        # acceptance_profile: measured tokens per step per method and window (mmaccel.window)
         self.gpt, self.cond_embs_BLC, self.codebook = gpt, cond_embs_BLC, codebook
+        self.acceptance_profile = acceptance_profile
         self.cells_BKC = gpt.cell_vectors(cond_embs_BLC)  # condition_cell_map: made once per binding
         self.vocab_size, self.max_seq_len, self.grid_width = gpt.vocab_size, gpt.max_seq_len, gpt.grid_width
         self.cls_token_num = gpt.cfg.cls_token_num

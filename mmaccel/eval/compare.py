@@ -75,7 +75,7 @@ def compare(
     benchmark: str | Benchmark = DEFAULT_BENCHMARK,
     guidance_scale: float | None = None,
     temperature: float | None = None,
-    compile: str = "compile",
+    compile: str = "best",
     metrics: Sequence[str] = ALL_METRICS,
     fd_ref: FDReference | None = None,
     noise_floor: bool = False,
@@ -100,7 +100,7 @@ def compare(
     image_model = resolve_model(model, state.device)
     results = run_chunks(runs, prompts, chunks, model=image_model, seed=seed, guidance_scale=guidance_scale,
                          temperature=temperature, compile=compile, warmup=warmup, device=state.device, progress=progress and state.is_local_main_process,
-                         desc=f"compare (process {state.process_index + 1}/{state.num_processes})")  # fmt: skip
+                         desc=f"compare (process {state.process_index + 1}/{state.num_processes})", state=state)  # fmt: skip
     results = gather_results(results, state)
     if not state.is_main_process:
         return None

@@ -60,7 +60,7 @@ def measure_latency(
     seed: int = 0,
     guidance_scale: float | None = None,
     temperature: float | None = None,
-    compile: str = "compile",
+    compile: str = "best",
     device: str = "cpu",
     progress: bool = True,
     batch: int | None = None,

@@ -23,6 +23,7 @@ Must never: compute a quality figure, choose prompts (a benchmark plug-in does, 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -148,35 +149,71 @@ def run_chunks(
     seed: int = 0,
     guidance_scale: float | None = None,
     temperature: float | None = None,
-    compile: str = "compile",
+    compile: str = "best",
     repeats: int = 1,
     warmup: bool = True,
     device: torch.device | str = "cpu",
     progress: bool = True,
     desc: str = "generate",
+    state=None,
 ) -> list[ChunkResult]:
     """Generate every chunk with every run, ``repeats`` times, and record each call.
 
     ``model``: a registered model name or an ``ImageModel`` (None: the library's default).
 
     Warm-up first (one call per run on the first chunk: allocations, lazy loading, kernel
-    selection, and compiling each method's step: ``compile`` is the same for every run, ``ar``
-    included, so every method is timed in that mode). Then, per repeat and chunk, the runs are interleaved so that drift in machine
+    selection, and compiling each method's step). ``compile`` is a mode of ``generate_image``
+    used for every run, ``ar`` included, or ``best``: after the warm-up each run times one
+    eager and one compiled call (CUDA graph on CUDA) on the first chunk and runs in the faster,
+    so ``ar`` and every method are each timed at their fastest (without warm-up, ``best`` runs
+    eagerly); the records name the mode. Then, per repeat and chunk, the runs are interleaved so that drift in machine
     load hits all methods alike. The chunk starting at prompt ``i`` uses
     ``chunk_seed(seed + run.seed_offset, i)`` in every repeat.
+
+    A run whose method chooses its window (``window="auto"``, the default) is pinned to the
+    window its first call chose on the main process (``state``: the ``accelerate`` state when
+    sharded), so every chunk, repeat and process uses one window and any number of processes
+    gives the same images; the records name it.
     """
     from mmaccel.images import generate_image
+    from mmaccel.methods import resolve_method
 
     image_model = resolve_model(model, device)
 
-    def call(run: Run, chunk: Chunk):
+    # "best": each run in the faster of eager and compiled, timed on the warm-up chunk (below)
+    compiled_mode = "cudagraph" if torch.device(device).type == "cuda" else "compile"
+    modes = {run.label: "eager" if compile == "best" else compile for run in runs}
+
+    def call(run: Run, chunk: Chunk, mode: str | None = None):
         return generate_image(list(prompts[chunk.start : chunk.stop]), run.spec.name, model=image_model,
                               seed=chunk_seed(seed + run.seed_offset, chunk.start), guidance_scale=guidance_scale,
-                              temperature=temperature, compile=compile, return_output=True, **run.spec.options)  # fmt: skip
+                              temperature=temperature, compile=mode or modes[run.label], return_output=True,
+                              **run.spec.options)  # fmt: skip
 
-    if warmup and chunks:
-        for run in tqdm(runs, desc="warm-up", disable=not progress, leave=False):
-            call(run, chunks[0])
+    chosen: dict[str, int] = {}
+    auto = {run.label for run in runs if getattr(resolve_method(run.spec.name, dict(run.spec.options),
+                                                                model=image_model), "window", None) == "auto"}  # fmt: skip
+    if chunks:  # warm-up; a run with window="auto" makes its first call here either way
+        for run in tqdm(
+            [r for r in runs if warmup or r.label in auto], desc="warm-up", disable=not progress, leave=False
+        ):
+            out = call(run, chunks[0])
+            if run.label in auto:
+                chosen[run.label] = out.generate_output.method.window
+    if state is not None and state.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        shared = [chosen]
+        broadcast_object_list(shared, from_process=0)
+        chosen = shared[0]
+    runs = [dataclasses.replace(run, spec=MethodSpec(run.spec.name, {**run.spec.options, "window": chosen[run.label]}))
+            if run.label in chosen else run for run in runs]  # fmt: skip
+    if compile == "best" and warmup and chunks:
+        for run in tqdm(runs, desc="eager or compiled", disable=not progress, leave=False):
+            eager_s = call(run, chunks[0], "eager").latency_s
+            call(run, chunks[0], compiled_mode)  # compiles (or captures)
+            compiled_s = call(run, chunks[0], compiled_mode).latency_s
+            modes[run.label] = compiled_mode if compiled_s < eager_s else "eager"
     results: list[ChunkResult] = []
     with tqdm(total=repeats * len(chunks) * len(runs), desc=desc, disable=not progress) as bar:
         for repeat in range(repeats):
@@ -187,7 +224,8 @@ def run_chunks(
                     gen = out.generate_output
                     results.append(ChunkResult(run.label, chunk.index, chunk.start, repeat, out.images,
                                                gen.forward_passes_per_row.tolist(), out.num_tokens, out.latency_s,
-                                               mem.peak_mb, list(gen.accepted_histogram), repr(gen.method)))  # fmt: skip
+                                               mem.peak_mb, list(gen.accepted_histogram),
+                                               f"{gen.method!r}, compile={modes[run.label]}"))  # fmt: skip
                     bar.update()
     return results
 
