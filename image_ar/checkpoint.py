@@ -1,6 +1,7 @@
 """Crash-safe saving for training checkpoints and pre-tokenized datasets.
 
-Owns: ``save_atomic`` and ``save_safetensors``. A run killed mid-save (a session ending, an
+Owns: ``save_atomic`` and ``save_safetensors``, and ``read_checkpoint`` / ``check_state_dict`` (every family's loader reads
+official files through it: safetensors, or a pickle with ``weights_only=True``). A run killed mid-save (a session ending, an
 out-of-memory kill) must leave the previous file intact, since every training script resumes from
 what it finds; exported weights must be readable by whoever the umask says may read them.
 """
@@ -8,11 +9,16 @@ what it finds; exported weights must be readable by whoever the umask says may r
 from __future__ import annotations
 
 import os
+import pickle
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
+
+MAX_LISTED = 10  # keys named per kind of problem in a load error
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> None:
@@ -42,3 +48,72 @@ def save_safetensors(
 
     save_file(dict(tensors), str(path), metadata=dict(metadata) if metadata is not None else None)
     os.chmod(path, 0o666 & ~_umask())
+
+
+def read_checkpoint(path: str | os.PathLike, safe_globals: tuple = ()) -> Any:
+    """The object in an official checkpoint file: ``.safetensors``, or a torch pickle read with
+    ``weights_only=True`` (``safe_globals``: classes its unpickler may also build, e.g. the
+    ``argparse.Namespace`` of LlamaGen's training checkpoints).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: a damaged file, or one holding objects a weights-only load refuses (named).
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(path, device="cpu")
+        except Exception as err:  # safetensors raises its own error types for bad headers
+            raise ValueError(f"checkpoint {path} is corrupted or truncated (safetensors: {err})") from err
+    try:
+        with torch.serialization.safe_globals(list(safe_globals)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        refused = re.search(r"Unsupported global: [^.]*\.[^ ]*", str(err))
+        if refused:  # a well-formed file holding objects we will not unpickle
+            raise ValueError(
+                f"checkpoint {path} holds Python objects a weights-only load refuses ({refused[0]})"
+            ) from err
+        raise ValueError(f"checkpoint {path} is corrupted or truncated (unreadable pickle)") from err
+    except Exception as err:  # torch reports damage as RuntimeError, EOFError, OSError, KeyError, ...
+        raise ValueError(
+            f"checkpoint {path} is corrupted or truncated ({type(err).__name__}: {err})"
+        ) from err
+
+
+def _listed(items: list[str]) -> str:
+    more = f" (+{len(items) - MAX_LISTED} more)" if len(items) > MAX_LISTED else ""
+    return ", ".join(items[:MAX_LISTED]) + more
+
+
+def check_state_dict(
+    model: nn.Module,
+    sd: Mapping[str, torch.Tensor],
+    source: str = "checkpoint",
+    tolerate_shape: tuple[str, ...] = (),
+) -> None:
+    """Raise ``ValueError`` naming every missing, unexpected and misshapen key (with both
+    shapes). Keys in ``tolerate_shape`` may differ in shape."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected]
+    shapes = [
+        f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in sd and k not in tolerate_shape and tuple(sd[k].shape) != tuple(v.shape)
+    ]
+    problems = [
+        f"{len(items)} {label}: {_listed(items)}"
+        for label, items in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("misshapen keys", shapes),
+        )
+        if items
+    ]
+    if problems:
+        raise ValueError(f"{source} does not match {type(model).__name__}: " + "; ".join(problems))

@@ -20,14 +20,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import pickle
-import re
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
+from mmaccel.image_ar.checkpoint import check_state_dict, read_checkpoint
 from mmaccel.image_ar.llamagen.config import GPTConfig
 from mmaccel.image_ar.llamagen.gpt import GPT
 from mmaccel.image_ar.llamagen.vq import VQConfig, VQModel
@@ -38,33 +37,6 @@ log = logging.getLogger(__name__)
 CONTAINER_KEYS = ("model", "module", "state_dict", "ema", "model_ema")
 _PREFIXES = ("module.", "_orig_mod.")
 _MAX_LISTED = 10
-
-
-def _read(path: str | os.PathLike) -> Any:
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(path, device="cpu")
-        except Exception as err:  # safetensors raises its own error types for bad headers
-            raise ValueError(f"checkpoint {path} is corrupted or truncated (safetensors: {err})") from err
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        refused = re.search(r"Unsupported global: [^.]*\.[^ ]*", str(err))
-        if refused:  # a well-formed file holding objects we will not unpickle
-            raise ValueError(
-                f"checkpoint {path} holds Python objects a weights-only load refuses ({refused[0]})"
-            ) from err
-        raise ValueError(f"checkpoint {path} is corrupted or truncated (unreadable pickle)") from err
-    except Exception as err:  # torch reports damage as RuntimeError, EOFError, OSError, KeyError, ...
-        raise ValueError(
-            f"checkpoint {path} is corrupted or truncated ({type(err).__name__}: {err})"
-        ) from err
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -117,30 +89,11 @@ def load_state_dict(path: str | os.PathLike, container_key: str | None = None) -
         ValueError: the file is corrupted or truncated, holds objects a weights-only load
             refuses, or holds no state dict.
     """
-    return unwrap_state_dict(_read(path), source=f"checkpoint {os.fspath(path)}", container_key=container_key)
-
-
-def check_state_dict(model: nn.Module, sd: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
-    """Raise ``ValueError`` naming missing, unexpected and wrongly shaped entries, if any."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in sd]
-    unexpected = [k for k in sd if k not in expected]
-    shapes = [
-        f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in sd and tuple(sd[k].shape) != tuple(v.shape)
-    ]
-    problems = []
-    for label, items in (
-        ("missing keys", missing),
-        ("unexpected keys", unexpected),
-        ("shape mismatches", shapes),
-    ):
-        if items:
-            more = f" (+{len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else ""
-            problems.append(f"{len(items)} {label}: {', '.join(items[:_MAX_LISTED])}{more}")
-    if problems:
-        raise ValueError(f"{source} does not match {type(model).__name__}: " + "; ".join(problems))
+    return unwrap_state_dict(
+        read_checkpoint(path, safe_globals=(argparse.Namespace,)),
+        source=f"checkpoint {os.fspath(path)}",
+        container_key=container_key,
+    )
 
 
 def _materialise(
