@@ -30,13 +30,29 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 
 setup: $(VENV)/.installed
 
+# Fashion-MNIST (real images for the class-conditional models and their FD) is the Debian package
+# dataset-fashion-mnist: installed when its files are missing and apt is usable (with `sudo -n` when
+# not root; `make test`, and so .ci/run, run this); otherwise a note, and the tests that need it skip.
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
+.PHONY: fashion-mnist
+fashion-mnist:
+	@if [ ! -e $(FASHION_MNIST) ] && command -v apt-get >/dev/null 2>&1; then \
+	    SUDO=""; \
+	    if [ "$$(id -u)" -ne 0 ]; then SUDO="sudo -n"; fi; \
+	    if [ -z "$$SUDO" ] || command -v sudo >/dev/null 2>&1; then \
+	        { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; } \
+	            || echo "setup: could not install dataset-fashion-mnist" >&2; \
+	    fi; \
+	fi
+	@[ -e $(FASHION_MNIST) ] || echo "setup: Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist); its tests will skip" >&2
+
 image: setup
 	$(VENV)/bin/mmaccel generate-image "$(PROMPT)" --method $(METHOD) --seed 0 --out $(OUT)
 
-test: setup
+test: setup fashion-mnist
 	$(PY) -m pytest
 
-test-slow: setup
+test-slow: setup fashion-mnist
 	$(PY) -m pytest -m slow
 
 # The newest versions pyproject.toml allows (not the lock): how the next release of a dependency
