@@ -38,6 +38,7 @@ from mmaccel.image_ar.cell_map import pretrain_cell_map
 from mmaccel.image_ar.checkpoint import save_atomic
 from mmaccel.image_ar.llamagen.config import GPTConfig
 from mmaccel.image_ar.recipe import add_config_args, check_keys, config_from_args
+from mmaccel.image_ar.schedule import lr_at
 from mmaccel.image_ar.stage_init import CELL_MAP_PARAMS, start_from
 from mmaccel.image_ar.t2i_batches import batch_indices, cells_only, cfg_drop, object_weights
 from mmaccel.image_ar.t2i_model import ShapesT2IConfig, ShapesT2IModel, t2i_config
@@ -156,14 +157,6 @@ def config_from_dict(raw: dict[str, Any]) -> tuple[ShapesT2IConfig, TrainConfig]
 def load_config(path: str | os.PathLike) -> tuple[ShapesT2IConfig, TrainConfig]:
     """The configs of a single full config file (json, as ``config_from_dict`` takes)."""
     return config_from_dict(json.loads(Path(path).read_text()))
-
-
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup to ``lr`` over ``warmup_steps``, then cosine down to ``min_lr_ratio * lr``."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
 
 
 def make_optimizer(model: ShapesT2IModel, cfg: TrainConfig) -> torch.optim.AdamW:

@@ -27,7 +27,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import math
 import os
 import shlex
 import sys
@@ -42,6 +41,7 @@ import torch.nn.functional as F
 from mmaccel.image_ar.checkpoint import save_atomic, save_safetensors
 from mmaccel.image_ar.llamagen.vq import VQConfig, VQModel
 from mmaccel.image_ar.recipe import RECIPE, read_recipe, tokenizer_config
+from mmaccel.image_ar.schedule import lr_at
 from mmaccel.image_ar.shapes import caption, sample_item, to_tensor
 
 log = logging.getLogger(__name__)
@@ -130,14 +130,6 @@ def vq_losses(
     commit = cfg.beta * F.mse_loss(z_ND, e_ND.detach())
     parts = {"rec": rec, "codebook": codebook, "commit": commit}
     return rec + codebook + commit, parts, idx_BN, z_ND.detach()
-
-
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up to ``lr``, then cosine to ``lr * min_lr_ratio`` at ``cfg.steps``."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
 
 
 @torch.no_grad()

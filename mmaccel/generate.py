@@ -20,10 +20,20 @@ from tqdm.auto import tqdm
 from mmaccel import window
 from mmaccel.compiled import MODES, CompiledStep, record_compiled, record_eager, resolve_mode
 from mmaccel.drafters import DraftContext, NoDraft
-from mmaccel.methods import JacobiConfig, MethodConfig, ZipARConfig, build, resolve_method
+from mmaccel.hf import StreamFeed, generation_defaults, refuse_unsupported
+from mmaccel.methods import (
+    NOT_RASTER,
+    OPTIONS,
+    CoDeConfig,
+    JacobiConfig,
+    MethodConfig,
+    ZipARConfig,
+    build,
+    resolve_method,
+)
 from mmaccel.models import CausalLM, as_causal_lm, device_of, weights_id
 from mmaccel.sampling import Draws, SamplingConfig, sample
-from mmaccel.verify import DecodeState, step_draws, target_probs, verify_step
+from mmaccel.verify import DecodeState, is_eos, step_draws, target_probs, verify_step
 from mmaccel.zipar import ZipARLayout, ZipARRunner, num_streams, zipar_forward_passes, zipar_step
 
 
@@ -85,6 +95,34 @@ def _check_sampling(max_new_tokens, temperature, top_k, top_p, cfg_scale) -> Non
         raise ValueError(f"cfg_scale must be >= 0, got {cfg_scale!r}")
 
 
+# a model without a generation config: mmaccel's own defaults (sampling at temperature 1)
+PROJECT_DEFAULTS = dict(max_new_tokens=64, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                        eos_token_id=None, pad_token_id=None)  # fmt: skip
+
+
+def _with_defaults(user: dict[str, Any], lm: CausalLM, prompt_T: int) -> dict[str, Any]:
+    """The user's values; where None, the model's generation config as transformers reads it,
+    else ``PROJECT_DEFAULTS``."""
+    gen = getattr(lm, "generation_config", None)
+    base = dict(PROJECT_DEFAULTS)
+    if gen is not None:
+        cfg = generation_defaults(gen)
+        if "max_new_tokens" not in cfg and "max_length" in cfg:  # transformers' max_length is a total length
+            cfg["max_new_tokens"] = max(int(cfg["max_length"]) - prompt_T, 1)
+        base.update(cfg)
+    return {k: v if v is not None else base[k] for k, v in user.items()}
+
+
+def _eos_ids(eos: Any) -> tuple[int, ...]:
+    if eos is None:
+        return ()
+    ids = [eos] if isinstance(eos, int | torch.Tensor) and torch.tensor(eos).dim() == 0 else list(eos)
+    try:
+        return tuple(int(i) for i in ids)
+    except (TypeError, ValueError):
+        raise ValueError(f"eos_token_id must be an int or a list of ints, got {eos!r}") from None
+
+
 def _pack(ids_BT: torch.Tensor, mask_BT: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Move each row's real tokens to the front (order kept); return them and their counts."""
     if mask_BT is None:
@@ -105,15 +143,16 @@ def generate(
     input_ids: torch.Tensor,
     method: str | MethodConfig = "ar",
     *,
-    max_new_tokens: int = 64,
-    do_sample: bool = True,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
+    max_new_tokens: int | None = None,
+    do_sample: bool | None = None,
+    temperature: float | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
     seed: int | None = None,
-    eos_token_id: int | None = None,
+    eos_token_id: int | list[int] | None = None,
     pad_token_id: int | None = None,
     attention_mask: torch.Tensor | None = None,
+    streamer: Any = None,
     cfg_scale: float | None = None,
     uncond_input_ids: torch.Tensor | None = None,
     uncond_attention_mask: torch.Tensor | None = None,
@@ -130,11 +169,22 @@ def generate(
         method: ``ar``, ``jacobi``, ``sjd``, ``sjd-coupled`` or a method config. Options such as
             ``window=16``, ``init="random"|"horizontal"|"vertical"``, ``grid_width=`` go in
             ``method_options``.
-        do_sample, temperature, top_k, top_p: the target distribution (``do_sample=False``:
-            greedy; lossless methods then return exactly the greedy tokens).
+        max_new_tokens, do_sample, temperature, top_k, top_p: the target distribution
+            (``do_sample=False``: greedy; lossless methods then return exactly the greedy tokens).
+            Unset, they follow the model's ``generation_config`` as transformers' ``generate`` does
+            (a transformers model: greedy unless its config samples; when sampling, the config's
+            temperature / top_k / top_p, else transformers' 1.0 / 50 / 1.0); a model without one
+            samples with temperature 1, no top-k / top-p. ``max_new_tokens``: the config's, else
+            64 (not transformers' 20 tokens in total).
         seed: same seed, same method, same output; rows draw independently.
-        eos_token_id: a row stops after emitting it; later positions get ``pad_token_id``
-            (default: ``eos_token_id``, else 0).
+        eos_token_id: an id or a list of ids (default: the generation config's); a row stops
+            after emitting one, its later positions get ``pad_token_id`` (default: the config's,
+            else the first EOS id, else 0), and the call ends when every row has stopped:
+            ``sequences`` then ends at the longest row, as in transformers.
+        attention_mask: ``[B, T]``, 1 = real token (left or right padding).
+        streamer: an object with ``put(tensor)`` and ``end()`` (transformers' ``TextStreamer``):
+            ``put(input_ids)`` first, then after every step the new token columns every row has
+            committed (``[B, n]``; a stopped row shows ``pad_token_id``), ``end()`` last.
         cfg_scale, uncond_input_ids: classifier-free guidance on a doubled batch; the
             unconditional rows see the same drafts and the guided logits are what is verified.
         compile: how the verify step runs: ``auto`` (default: one CUDA graph of the whole step
@@ -146,11 +196,27 @@ def generate(
     Raises:
         ValueError: unknown method or option, bad sampling values, bad ``input_ids`` shape,
             a sequence longer than the model's maximum, vertical init without a grid width.
-        TypeError: ``input_ids`` is not an integer tensor; ``model`` has no language-model head.
+        TypeError: ``input_ids`` is not an integer tensor; ``model`` has no language-model head; a
+            transformers ``generate`` keyword that mmaccel does not implement (``num_beams``, ...).
     """
+    refuse_unsupported(method_options, frozenset(o for opts in OPTIONS.values() for o in opts))
     config = resolve_method(method, method_options)
-    _check_sampling(max_new_tokens, temperature, top_k, top_p, cfg_scale)
+    if isinstance(config, CoDeConfig):
+        raise ValueError(NOT_RASTER)
     _check_ids("input_ids", input_ids, attention_mask)
+    lm = as_causal_lm(model)
+    eos_given = eos_token_id is not None
+    user = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_k=top_k,
+                top_p=top_p, eos_token_id=eos_token_id, pad_token_id=pad_token_id)  # fmt: skip
+    s = _with_defaults(user, lm, input_ids.shape[1])
+    max_new_tokens, do_sample, temperature, top_k, top_p = (s[k] for k in list(user)[:5])
+    eos_ids, pad_token_id = _eos_ids(s["eos_token_id"]), s["pad_token_id"]
+    if not isinstance(do_sample, bool):
+        raise ValueError(f"do_sample must be True or False, got {do_sample!r}")
+    _check_sampling(max_new_tokens, temperature, top_k, top_p, cfg_scale)
+    if streamer is not None and not (callable(getattr(streamer, "put", None)) and callable(getattr(streamer, "end", None))):
+        raise TypeError(f"streamer must have put(tensor) and end() methods (like transformers' TextStreamer), "
+                        f"got {type(streamer).__name__}")  # fmt: skip
     if compile not in MODES:
         raise ValueError(f"compile must be one of {', '.join(MODES)}; got {compile!r}")
     if (cfg_scale is None) != (uncond_input_ids is None):
@@ -159,7 +225,6 @@ def generate(
         _check_ids("uncond_input_ids", uncond_input_ids, uncond_attention_mask)
         if uncond_input_ids.shape[0] != input_ids.shape[0]:
             raise ValueError("uncond_input_ids must have as many rows as input_ids")
-    lm = as_causal_lm(model)
     grid_width = getattr(config, "grid_width", None) or lm.grid_width
     if isinstance(config, JacobiConfig) and config.init == "vertical" and grid_width is None:
         raise ValueError(
@@ -177,10 +242,11 @@ def generate(
                 f"method {config.name!r} needs max_new_tokens ({max_new_tokens}) to be whole rows of the "
                 f"grid (a multiple of grid_width={grid_width})"
             )
-        if eos_token_id is not None:
+        if eos_given:
             raise ValueError(
                 f"method {config.name!r} decodes fixed-size images; eos_token_id is not supported"
             )
+        eos_ids = ()  # a generation config's EOS does not apply to a fixed-size image
     ids_BT, lens_B = _pack(input_ids, attention_mask)
     if uncond_input_ids is not None:
         u_ids, u_lens = _pack(uncond_input_ids, uncond_attention_mask)
@@ -202,11 +268,12 @@ def generate(
             lens_B,
             max_new_tokens,
             seed,
-            eos_token_id,
+            eos_ids,
             pad_token_id,
             grid_width,
             compile,
             progress,
+            streamer=streamer,
         )
 
 
@@ -219,12 +286,13 @@ def _decode(
     lens_B,
     max_new_tokens,
     seed,
-    eos_token_id,
+    eos_ids: tuple[int, ...],
     pad_token_id,
     grid_width,
     compile_mode,
     progress,
     probe_steps: int = 0,
+    streamer: Any = None,
 ) -> GenerateOutput | list[float]:
     """Decode a packed batch with a resolved config. ``probe_steps`` > 0 (``window="auto"``
     timing a window): run that many verify steps eagerly and return their seconds instead."""
@@ -239,7 +307,7 @@ def _decode(
 
             def time_steps(K: int) -> list[float]:
                 return _decode(lm, dataclasses.replace(config, window=K), sampling, input_ids, ids_BT, lens_B,
-                               max_new_tokens, 0, eos_token_id, pad_token_id, grid_width, "eager", False,
+                               max_new_tokens, 0, eos_ids, pad_token_id, grid_width, "eager", False,
                                probe_steps=window.WARMUP_STEPS + window.TIMED_STEPS)  # fmt: skip
 
             base = max_new_tokens / zipar_forward_passes(H, grid_width, config.zipar_window) if H else 1.0
@@ -265,8 +333,7 @@ def _decode(
     history_BN[:, 0] = first_B
     ones_B = torch.ones(B, dtype=torch.long, device=device)
     done_B = ones_B >= max_new_tokens
-    if eos_token_id is not None:
-        done_B |= first_B == eos_token_id
+    done_B |= is_eos(first_B, eos_ids)
     ctx = DraftContext(lm.vocab_size, grid_width, generator, history_BN, ones_B.clone())
     draft = drafter.start(ctx, first_B) if zipar is None else NoDraft().start(ctx, first_B)
     # a step emits at most one block's worth of tokens per row
@@ -277,13 +344,13 @@ def _decode(
 
     # what makes two calls the same compiled step (the same weights' module, method, sampling, shapes)
     kind = (type(lm).__qualname__, weights_id(lm), config, sampling, rows, block, max_new_tokens,
-            eos_token_id, cache.capacity, str(device))  # fmt: skip
+            eos_ids, cache.capacity, str(device))  # fmt: skip
     if zipar is not None:
         runner = ZipARRunner(zipar, cache, drafter, acceptor, sampling, ctx, state, lens_B, lm)
         fn, args, shapes, mutated = zipar_step, (runner,), runner.draws_shapes(), runner.tensors()
     else:
         fn = verify_step
-        args = (lm, cache, drafter, acceptor, sampling, state, ctx, max_new_tokens, eos_token_id)
+        args = (lm, cache, drafter, acceptor, sampling, state, ctx, max_new_tokens, eos_ids)
         shapes = step_draws(drafter, acceptor, B, lm.vocab_size)
         mutated = [*state.tensors(), history_BN, cache.lens_B, *cache.k, *cache.v]
     kind = (fn.__name__, *kind)
@@ -298,8 +365,13 @@ def _decode(
     bar = tqdm(total=B * max_new_tokens, disable=not progress, desc=f"mmaccel {config.name}", unit="tok")
     emitted = B
     bar.update(emitted)
+    pad = pad_token_id if pad_token_id is not None else (eos_ids[0] if eos_ids else 0)
+    stream = StreamFeed(streamer, input_ids, ctx.history_BN, pad)
     while True:
-        all_done, total = torch.stack([state.done_B.all().long(), state.num_generated_B.sum()]).tolist()
+        # the loop's one host sync per iteration: whether every row is done, and each row's count
+        done_gen = torch.cat([state.done_B.long(), state.num_generated_B]).tolist()
+        all_done, total = all(done_gen[:B]), sum(done_gen[B:])
+        stream.put(done_gen[:B], done_gen[B:], all_done)
         bar.update(total - emitted)
         emitted = total
         if all_done:
@@ -316,11 +388,10 @@ def _decode(
     if forwards > 1:
         window.record(lm, config, sampling, K, window.step_histogram(hist, B))
 
-    pad = pad_token_id if pad_token_id is not None else (eos_token_id if eos_token_id is not None else 0)
-    new_BN = ctx.history_BN[:, :max_new_tokens]
-    new_BN = torch.where(
-        torch.arange(max_new_tokens, device=device)[None] < state.num_generated_B[:, None], new_BN, pad
-    )
+    # as transformers: the call ends when every row has stopped, so the output ends at the longest row
+    width = max(done_gen[B:]) if eos_ids else max_new_tokens
+    new_BN = ctx.history_BN[:, :width]
+    new_BN = torch.where(torch.arange(width, device=device)[None] < state.num_generated_B[:, None], new_BN, pad)
     new_BN = new_BN.cpu()
     sequences = torch.cat([input_ids.cpu(), new_BN.to(input_ids.dtype)], dim=1)
     return GenerateOutput(
@@ -332,7 +403,7 @@ def _decode(
         accepted_histogram=hist,
         latency_s=time.perf_counter() - t0,
         method=config,
-        token_forward_index=state.token_forward_BN[:, :max_new_tokens].cpu(),
+        token_forward_index=state.token_forward_BN[:, :width].cpu(),
     )
 
 

@@ -1,16 +1,20 @@
 """``mmaccel.generate_image`` and ``mmaccel.load_model``: text-to-image through the engine.
 
-Owns: the ``ImageModel`` interface an image family implements (turn prompts into a
-condition-bound ``CausalLM`` plus prompt ids, and decode image tokens to pictures), the
+Owns: the ``ImageModel`` interface a next-token (raster) image family implements (turn prompts
+into a condition-bound ``CausalLM`` plus prompt ids, and decode image tokens to pictures), the
+``NextScaleImageModel`` interface of a next-scale (VAR) family (prompts -> class ids, a
+target VAR, an optional refiner for CoDe, decoding of the last scale's latent), the
 discovery of named models through the ``mmaccel.image_models`` entry-point group (families
 register themselves; the core never imports one by name), prompt validation, and the call into
-``mmaccel.generate`` with guidance applied by the engine's CFG path.
+``mmaccel.generate`` (raster) or ``mmaccel.next_scale.decode_scales`` (next-scale) with
+guidance applied by the engine.
 
-Must never: decode tokens outside ``mmaccel.generate`` or import a model family directly.
+Must never: decode tokens outside the engine or import a model family directly.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -22,7 +26,7 @@ import torch
 from PIL import Image
 
 from mmaccel.generate import GenerateOutput, _check_sampling, generate
-from mmaccel.methods import MethodConfig, resolve_method
+from mmaccel.methods import NEXT_SCALE_METHODS, NOT_RASTER, CoDeConfig, MethodConfig, resolve_method
 from mmaccel.models import CausalLM
 
 log = logging.getLogger(__name__)
@@ -54,6 +58,28 @@ class ImageModel(Protocol):
     def decode(self, tokens_BN: torch.Tensor) -> list[Image.Image]: ...
 
 
+@runtime_checkable
+class NextScaleImageModel(Protocol):
+    """A class-conditional next-scale (VAR) family as seen by ``generate_image``.
+
+    ``var``: the model that decodes every scale under ``ar`` (the drafter under CoDe);
+    ``refiner``: the small model of a CoDe pair, or None; ``vqvae``: their multi-scale tokenizer.
+    ``num_image_tokens``: tokens of all scales together.
+    """
+
+    name: str
+    num_image_tokens: int
+    default_guidance: float
+    default_temperature: float
+    var: Any
+    refiner: Any
+    vqvae: Any
+
+    def labels(self, prompts: list[str]) -> torch.Tensor: ...
+
+    def decode_latent(self, f_hat: torch.Tensor) -> list[Image.Image]: ...
+
+
 # Optional on an ImageModel: ``method_defaults: dict[str, dict[str, Any]]``, the options of each
 # method validated as best on this model (applied by ``mmaccel.methods.resolve_method(..., model=)``).
 
@@ -68,6 +94,7 @@ class ImageOutput:
     latency_s: float
     tokens: torch.Tensor  # [B, num_image_tokens]
     generate_output: GenerateOutput
+    peak_cache_mb: float | None = None  # next-scale models: the largest K/V cache held at one time
 
 
 def available_models() -> list[str]:
@@ -85,7 +112,7 @@ def _load_named(name: str) -> ImageModel:
     )
 
 
-def load_model(name: str = DEFAULT_MODEL) -> ImageModel:
+def load_model(name: str = DEFAULT_MODEL) -> ImageModel | NextScaleImageModel:
     """Load (once per process) the image model registered under ``name``."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"model must be a model name such as {DEFAULT_MODEL!r}, got {name!r}")
@@ -110,7 +137,7 @@ def generate_image(
     prompt: str | list[str],
     method: str | MethodConfig = "ar",
     *,
-    model: str | ImageModel = DEFAULT_MODEL,
+    model: str | ImageModel | NextScaleImageModel = DEFAULT_MODEL,
     seed: int | None = None,
     guidance_scale: float | None = None,
     temperature: float | None = None,
@@ -123,12 +150,19 @@ def generate_image(
 ) -> Image.Image | list[Image.Image] | ImageOutput:
     """Generate an image per prompt with ``method`` (``ar``, ``jacobi``, ``sjd``, ``sjd-coupled``, ...).
 
+    On a next-scale (VAR) model (e.g. ``model="fashion-var"``, prompts are class names such as
+    ``"sneaker"``) the methods are ``ar`` (the large model decodes every scale, one forward per
+    scale) and ``code`` (collaborative decoding: option ``draft_scales``, the scales the large
+    model draws before the small one takes over).
+
     Args:
         prompt: a prompt or a list of prompts (one image each, generated as one batch).
-        model: a registered model name (default: the embedded Shapes-T2I model) or an ``ImageModel``.
+        model: a registered model name (default: the embedded Shapes-T2I model), an
+            ``ImageModel`` or a ``NextScaleImageModel``.
         seed: same seed, same method, same images.
         guidance_scale: classifier-free guidance (``l_u + s (l_c - l_u)``); default: the model's.
-            1 disables guidance.
+            1 disables guidance. On a next-scale model ``s`` is the last scale's, ramped from 1 at
+            the first scale as in VAR (whose ``cfg`` is ``s - 1``).
         temperature: softmax temperature of the target distribution; default: the model's
             (``ImageModel.default_temperature``, picked on tuning prompts for the embedded model).
         top_k, top_p: the rest of the target distribution every method is verified against.
@@ -149,8 +183,13 @@ def generate_image(
     if guidance_scale is not None and (not isinstance(guidance_scale, int | float) or guidance_scale < 0):
         raise ValueError(f"guidance_scale must be a number >= 0, got {guidance_scale!r}")
     image_model = load_model(model) if isinstance(model, str) else model
+    if isinstance(image_model, NextScaleImageModel):
+        return _generate_scales(image_model, prompts, method, method_options, seed, guidance_scale, temperature,
+                                top_k, top_p, compile, progress, return_output, single=isinstance(prompt, str))  # fmt: skip
     if not isinstance(image_model, ImageModel):
         raise TypeError(f"model must be a model name or an mmaccel ImageModel, got {type(model).__name__}")
+    if method == "code" or isinstance(method, CoDeConfig):
+        raise ValueError(NOT_RASTER.replace("this (next-token) model", f"model {image_model.name!r}"))
     # the method as configured for this model: its shipped best options, under the user's
     config = resolve_method(method, method_options, model=image_model)
     scale = image_model.default_guidance if guidance_scale is None else float(guidance_scale)
@@ -184,3 +223,70 @@ def generate_image(
         tokens=out.new_tokens,
         generate_output=out,
     )
+
+
+def _generate_scales(
+    model: NextScaleImageModel,
+    prompts: list[str],
+    method: str | MethodConfig,
+    method_options: dict[str, Any],
+    seed: int | None,
+    guidance_scale: float | None,
+    temperature: float | None,
+    top_k: int,
+    top_p: float,
+    compile: str,
+    progress: bool,
+    return_output: bool,
+    single: bool,
+) -> Image.Image | list[Image.Image] | ImageOutput:
+    """``generate_image`` on a next-scale model: ``ar`` or CoDe through ``mmaccel.next_scale``."""
+    from mmaccel.next_scale import decode_scales
+
+    name = method if isinstance(method, str) else method.name
+    if name not in NEXT_SCALE_METHODS:
+        raise ValueError(
+            f"model {model.name!r} predicts the next scale (VAR); the methods that run on it are "
+            f"{', '.join(NEXT_SCALE_METHODS)} (ar: one forward per scale; code: collaborative decoding, option "
+            f"draft_scales); got {name!r}, which decodes next-token models such as {DEFAULT_MODEL!r}"
+        )
+    config = resolve_method(method, method_options, model=model)
+    draft_scales = refiner = None
+    S = len(model.var.patch_nums)
+    if isinstance(config, CoDeConfig):
+        if model.refiner is None:
+            raise ValueError(f"method 'code' needs a refiner (the small model of a VAR pair); model {model.name!r} "
+                             "has none; use method='ar'")  # fmt: skip
+        draft_scales = config.draft_scales if config.draft_scales is not None else (S + 1) // 2
+        if not 1 <= draft_scales <= S - 1:
+            raise ValueError(f"draft_scales must be in 1..{S - 1} (model {model.name!r} has {S} scales), "
+                             f"got {draft_scales}")  # fmt: skip
+        config = dataclasses.replace(config, draft_scales=draft_scales)
+        refiner = model.refiner
+    scale = model.default_guidance if guidance_scale is None else float(guidance_scale)
+    temperature = model.default_temperature if temperature is None else float(temperature)
+    t0 = time.perf_counter()
+    labels_B = model.labels(prompts)
+    out = decode_scales(model.var, model.vqvae, labels_B, cfg=scale - 1.0, temperature=temperature, top_k=top_k,
+                        top_p=top_p, seed=seed, refiner=refiner, draft_scales=draft_scales, compile=compile,
+                        progress=progress)  # fmt: skip
+    images = model.decode_latent(out.f_hat)
+    if not return_output:
+        return images[0] if single else images
+    B, tokens_BN = len(prompts), torch.cat(out.tokens, dim=1)
+    histogram = [0] * (max(t.shape[1] for t in out.tokens) + 1)
+    for t in out.tokens:  # every forward emits a whole scale per image
+        histogram[t.shape[1]] += B
+    gen = GenerateOutput(
+        sequences=tokens_BN,
+        new_tokens=tokens_BN,
+        num_tokens=torch.full((B,), tokens_BN.shape[1]),
+        num_forward_passes=out.num_forward_passes,
+        forward_passes_per_row=torch.full((B,), out.num_forward_passes),
+        accepted_histogram=histogram,
+        latency_s=out.latency_s,
+        method=config,
+        extras={"forwards": out.forwards, "peak_cache_mb": out.peak_cache_mb, "f_hat": out.f_hat},
+    )
+    return ImageOutput(images, out.num_forward_passes, model.num_image_tokens, time.perf_counter() - t0, tokens_BN,
+                       gen, out.peak_cache_mb)  # fmt: skip

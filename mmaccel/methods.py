@@ -77,7 +77,21 @@ class ZipARConfig(LanternConfig):
     zipar_window: int = 8
 
 
-MethodConfig = ARConfig | JacobiConfig
+@dataclass(frozen=True)
+class CoDeConfig:
+    """Collaborative decoding of a next-scale (VAR) model pair (CoDe, arXiv 2411.17787).
+
+    The large model (the drafter) decodes scales ``0 .. draft_scales - 1``; the small model (the
+    refiner) prefills those in one forward and decodes the remaining scales. ``draft_scales``:
+    None takes the model's validated setting (``method_defaults``), else half of its scales.
+    Lossy: the large scales follow the small model's distribution.
+    """
+
+    name: str = "code"
+    draft_scales: int | None = None
+
+
+MethodConfig = ARConfig | JacobiConfig | CoDeConfig
 # methods whose output is distributed exactly as plain sampling from the target
 LOSSLESS = frozenset({"ar", "jacobi", "sjd", "sjd-coupled"})
 LANTERN_DEFAULT_DELTA = 0.1  # the budget when neither lantern_delta nor lantern_lambda is given
@@ -92,7 +106,10 @@ METHODS: dict[str, type] = {
     "zipar": ZipARConfig,
     "zipar+sjd": ZipARConfig,
     "zipar+lantern": ZipARConfig,
+    "code": CoDeConfig,
 }
+# methods that decode raster (next-token) models, and those that decode next-scale (VAR) models
+NEXT_SCALE_METHODS = ("ar", "code")
 
 DESCRIPTIONS: dict[str, str] = {
     "ar": "plain KV-cached autoregressive decoding (the baseline); lossless",
@@ -104,7 +121,16 @@ DESCRIPTIONS: dict[str, str] = {
     "zipar": "ZipAR (arXiv 2412.04062): rows start once the row above has zipar_window tokens; lossy",
     "zipar+sjd": "ZipAR with an SJD window on every active row, verified in the same forward; lossy",
     "zipar+lantern": "ZipAR with a LANTERN-verified window on every active row; lossy",
+    "code": "collaborative decoding (CoDe, arXiv 2411.17787) of a next-scale (VAR) pair: the large model draws "
+    "the first draft_scales scales, the small one the rest; lossy",
 }
+
+
+NOT_RASTER = (
+    "method 'code' (collaborative decoding) runs on a next-scale (VAR) model pair, e.g. "
+    "mmaccel.generate_image('sneaker', model='fashion-var', method='code'); on this (next-token) model use "
+    "one of: " + ", ".join(m for m in METHODS if m != "code")
+)
 
 
 # Options each method reads (the rest of its config class's fields would be ignored, so they
@@ -120,6 +146,7 @@ OPTIONS: dict[str, tuple[str, ...]] = {
     "zipar": ("zipar_window", "grid_width"),
     "zipar+sjd": ("zipar_window",) + _JACOBI_OPTIONS,
     "zipar+lantern": ("zipar_window",) + _JACOBI_OPTIONS + _LANTERN_OPTIONS,
+    "code": ("draft_scales",),
 }
 # Options of which a user gives at most one: naming one drops a model default for the other.
 EXCLUSIVE: tuple[frozenset[str], ...] = (frozenset({"lantern_delta", "lantern_lambda"}),)
@@ -165,7 +192,7 @@ def resolve_method(method: str | MethodConfig, options: dict[str, Any], model: A
     """
     if isinstance(method, str) and method in METHODS and model is not None:
         options = with_model_defaults(method, options, model)
-    if isinstance(method, ARConfig | JacobiConfig):
+    if isinstance(method, ARConfig | JacobiConfig | CoDeConfig):
         config = dataclasses.replace(method, **options) if options else method
     elif isinstance(method, str):
         if method not in METHODS:
@@ -189,6 +216,14 @@ def resolve_method(method: str | MethodConfig, options: dict[str, Any], model: A
 
 
 def _validate(config: MethodConfig) -> None:
+    if isinstance(config, CoDeConfig) and config.draft_scales is not None:
+        if (
+            isinstance(config.draft_scales, bool)
+            or not isinstance(config.draft_scales, int)
+            or config.draft_scales < 1
+        ):
+            raise ValueError(f"draft_scales must be an integer >= 1 (scales drawn by the large model), "
+                             f"got {config.draft_scales!r}")  # fmt: skip
     if isinstance(config, JacobiConfig):
         if config.window != "auto" and (not isinstance(config.window, int) or config.window < 0):
             raise ValueError(
@@ -235,6 +270,8 @@ def build(config: MethodConfig, lm: Any = None) -> tuple[Drafter, Acceptor]:
     """The drafter and acceptor of a method (``lm``: the model, for methods that read it)."""
     if isinstance(config, ARConfig):
         return NoDraft(), ExactMatch()
+    if isinstance(config, CoDeConfig):
+        raise ValueError(NOT_RASTER)
     if isinstance(config, JacobiConfig) and config.window == "auto":
         raise ValueError("window='auto' is chosen by mmaccel.generate; build() needs a number")
     if isinstance(config, JacobiConfig) and not isinstance(config, ZipARConfig) and config.window == 0:

@@ -11,7 +11,7 @@ scale is a ``CompiledStep`` whose bucket is the scale's (rows, tokens) shape.
 
 ``method="ar"`` on a VAR model is this, one forward per scale (the baseline). CoDe
 (``draft_scales=N``; Chen et al. 2024, arXiv 2411.17787): the drafter (the large model)
-decodes scales ``0 .. N-1``; its cache is freed; the refiner (the small model) prefills
+decodes scales ``0 .. N-1`` in a cache sized to them; that cache is freed; the refiner (the small model) prefills
 scales ``0 .. N`` (the drafter's tokens fix their inputs) in one forward, samples scale N
 from its own logits and decodes the rest. Each model has its own cache and the same number
 of forwards as plain decoding, but the large scales (most of the tokens) run on the small model.
@@ -180,7 +180,9 @@ def decode_scales(
             if role not in caches:
                 if role == "refiner":
                     caches.pop("drafter", None)  # the hand-over: the drafter's cache is freed here
-                caches[role] = model.new_cache(2 * B if guided else B, model.L)
+                # the drafter only ever holds scales 0 .. N-1: its cache is sized to them
+                capacity = var.begin_ends[draft_scales - 1][1] if role == "drafter" else model.L
+                caches[role] = model.new_cache(2 * B if guided else B, capacity)
                 peak_mb = max(peak_mb, _cache_mb(caches.values()))
             cache = caches[role]
             labels_all = (

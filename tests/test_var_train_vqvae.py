@@ -39,7 +39,8 @@ TINY_VQ = VQVAEConfig(vocab_size=32, z_channels=4, ch=8, ch_mult=(1, 2, 2), num_
 TINY_TRAIN = TrainConfig(steps=4, batch_size=4, lr=3e-3, warmup_steps=1, restart_every=2, dead_after=2,
                          restart_until=1.0, log_every=1, checkpoint_minutes=0.0)  # fmt: skip
 # measured on the shipped weights over the 10,000 test images: see image_ar/weights/fashion_vqvae.json
-SHIPPED_MIN_PSNR = 20.0
+# the shipped weights measured 26.5 dB on the 10,000 test images; per image, textured items go lower
+SHIPPED_MEAN_PSNR, SHIPPED_MIN_PSNR = 24.0, 15.0
 
 
 @pytest.fixture(autouse=True)
@@ -148,7 +149,7 @@ def test_shipped_weights_round_trip_test_images():
     model = load_fashion_vqvae()
     assert model.cfg.patch_nums == PATCH_NUMS and model.cfg.in_channels == 1
     assert WEIGHTS.stat().st_size < 5e6
-    images_NHW = load_split("test").images[:16]
+    images_NHW = load_split("test").images[:16].copy()
     with torch.no_grad():
         idx_list = model.img_to_idxBl(to_float(images_NHW))
         assert [tuple(i.shape) for i in idx_list] == [(16, pn * pn) for pn in PATCH_NUMS]
@@ -157,4 +158,4 @@ def test_shipped_weights_round_trip_test_images():
     assert rec_NHW.shape == (16, 32, 32) and torch.equal(rec_NHW, reconstruct(model, images_NHW))
     mse_N = ((rec_NHW.float() - torch.from_numpy(images_NHW.copy()).float()) / 255).pow(2).mean((1, 2))
     psnr_N = -10 * torch.log10(mse_N)
-    assert psnr_N.min().item() > SHIPPED_MIN_PSNR, psnr_N
+    assert psnr_N.mean().item() > SHIPPED_MEAN_PSNR and psnr_N.min().item() > SHIPPED_MIN_PSNR, psnr_N

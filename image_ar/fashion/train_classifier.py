@@ -47,6 +47,7 @@ from mmaccel.image_ar.fashion.classifier import (
 )
 from mmaccel.image_ar.fashion.data import CLASS_NAMES, PACKAGE, data_dir, load_split
 from mmaccel.image_ar.recipe import add_config_args, config_from_args
+from mmaccel.image_ar.schedule import batch_indices
 
 RECIPE = Path(__file__).resolve().parent.parent / "configs" / "fashion_classifier_recipe.json"
 log = logging.getLogger(__name__)
@@ -105,15 +106,6 @@ def augment(images_NHW: torch.Tensor, cfg: TrainConfig, g: torch.Generator) -> t
         cols_NW = dx_N[:, None] + torch.arange(w)
         x = x_pad[torch.arange(n)[:, None, None], rows_NH[:, :, None], cols_NW[:, None, :]]
     return x
-
-
-def batch_indices(step: int, n: int, cfg: TrainConfig) -> torch.Tensor:
-    """Training-set indices of global step ``step``: epoch ``e``'s order is a permutation seeded by
-    ``(seed, e)``; the last partial batch of an epoch is dropped."""
-    per_epoch = n // cfg.batch_size
-    epoch, i = divmod(step, per_epoch)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
-    return order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
 
 
 @torch.no_grad()

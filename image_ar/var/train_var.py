@@ -49,6 +49,7 @@ import torch.nn.functional as F
 
 from mmaccel.image_ar.checkpoint import save_atomic, save_safetensors
 from mmaccel.image_ar.recipe import add_config_args, config_from_args
+from mmaccel.image_ar.schedule import batch_indices, lr_at
 from mmaccel.image_ar.var.config import VARConfig, VQVAEConfig, check_compatible
 from mmaccel.image_ar.var.fashion_tokens import CACHE_DIR, fashion_tokens, split_scales
 from mmaccel.image_ar.var.model import VAR
@@ -137,22 +138,6 @@ def cost(cfg: VARConfig) -> dict[str, float]:
     adaln = (cfg.depth * 6 * C * C + 2 * C * C) / L  # one condition vector per image
     macs = cfg.depth * per_block + C * cfg.vocab_size + cfg.Cvae * C + adaln
     return {"params": n_params, "fp16_mb": n_params * 2 / 1e6, "macs_per_token": macs}
-
-
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up to ``lr``, then cosine to ``lr * min_lr_ratio`` at ``cfg.steps``."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    t = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
-
-
-def batch_indices(step: int, n: int, cfg: TrainConfig) -> torch.Tensor:
-    """Training-set rows of step ``step`` (the last partial batch of an epoch is dropped)."""
-    per_epoch = max(1, n // cfg.batch_size)
-    epoch, i = divmod(step, per_epoch)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
-    return order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
 
 
 def label_drops(step: int, batch: int, rate: float, seed: int) -> torch.Tensor:

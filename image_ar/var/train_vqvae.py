@@ -51,6 +51,7 @@ import torch.nn.functional as F
 
 from mmaccel.image_ar.checkpoint import save_atomic, save_safetensors
 from mmaccel.image_ar.recipe import add_config_args, config_from_args
+from mmaccel.image_ar.schedule import batch_indices, lr_at
 from mmaccel.image_ar.var.config import VQVAEConfig
 from mmaccel.image_ar.var.fashion_vq import (
     TRAIN_COMMAND,
@@ -74,9 +75,9 @@ class TrainConfig:
     seeded by ``(seed, epoch)``. Restarts stop after ``restart_until * steps``, so every shipped
     code has been trained with the decoder for a while (0 in ``restart_every`` disables them)."""
 
-    steps: int = 1000
-    batch_size: int = 64
-    lr: float = 1e-3
+    steps: int = 2400
+    batch_size: int = 32
+    lr: float = 2e-3
     betas: tuple[float, float] = (0.9, 0.95)
     weight_decay: float = 0.0
     warmup_steps: int = 50
@@ -117,22 +118,6 @@ def configs_from_dict(config: dict[str, dict[str, Any]]) -> tuple[VQVAEConfig, T
 def full_config(vq_cfg: VQVAEConfig, cfg: TrainConfig) -> dict[str, dict[str, Any]]:
     """Both configs, every key, as json data (what a checkpoint and the weights' json record)."""
     return {"model": config_to_dict(vq_cfg), "train": json.loads(json.dumps(dataclasses.asdict(cfg)))}
-
-
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up to ``lr``, then cosine to ``lr * min_lr_ratio`` at ``cfg.steps``."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    t = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
-
-
-def batch_indices(step: int, n: int, cfg: TrainConfig) -> torch.Tensor:
-    """Training-set indices of step ``step`` (the last partial batch of an epoch is dropped)."""
-    per_epoch = max(1, n // cfg.batch_size)
-    epoch, i = divmod(step, per_epoch)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
-    return order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
 
 
 def losses(model: VQVAE, x_B1HW: torch.Tensor, cfg: TrainConfig) -> tuple[torch.Tensor, dict, torch.Tensor]:

@@ -155,6 +155,27 @@ def load_benchmark(benchmark: str | Benchmark = DEFAULT_BENCHMARK) -> Benchmark:
     return loaded
 
 
+def benchmark_for(benchmark: str | None, model: str | None) -> Benchmark:
+    """The benchmark a command runs: ``benchmark`` when named; else the first installed benchmark
+    meant for ``model`` (``Benchmark.model``); else the default. So ``--model fashion-var`` alone
+    scores that model on its own prompts.
+
+    Raises ValueError when ``model`` is named with no benchmark and none is meant for it.
+    """
+    if benchmark is not None:
+        return load_benchmark(benchmark)
+    if model is None:
+        return load_benchmark(DEFAULT_BENCHMARK)
+    for name in [DEFAULT_BENCHMARK] + [b for b in available_benchmarks() if b != DEFAULT_BENCHMARK]:
+        loaded = load_benchmark(name)
+        if loaded.model == model:
+            return loaded
+    raise ValueError(
+        f"no installed benchmark is meant for model {model!r}; name one with --benchmark "
+        f"({', '.join(available_benchmarks())})"
+    )
+
+
 def metrics_of(benchmark: Benchmark, wanted: Sequence[str], strict: bool) -> tuple[str, ...]:
     """``wanted`` restricted to what ``benchmark`` can score; with ``strict`` a missing one is a
     ValueError (``eval fid`` on a benchmark without real images), else it is dropped."""

@@ -71,8 +71,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, prompts: int | None) -> N
     from mmaccel.eval.benchmarks import DEFAULT_BENCHMARK, available_benchmarks
 
     parser.add_argument("--methods", default="ar,sjd,sjd-coupled", help="e.g. ar,sjd:window=8,init=vertical")
-    parser.add_argument("--benchmark", default=DEFAULT_BENCHMARK,
-                        help=f"prompt set and scoring; installed: {', '.join(available_benchmarks())}")  # fmt: skip
+    parser.add_argument("--benchmark", default=None,
+                        help=f"prompt set and scoring (default: the one meant for --model, else {DEFAULT_BENCHMARK}); "
+                        f"installed: {', '.join(available_benchmarks())}")  # fmt: skip
     parser.add_argument("--model", default=None, help="registered image model (default: the benchmark's)")
     parser.add_argument("--prompts", type=int, default=prompts, help="prompts of the benchmark's set")
     parser.add_argument("--prompt-seed", type=int, default=0, help="dataset seed of the prompt set")

@@ -36,7 +36,14 @@ from typing import Any
 import torch
 from PIL import Image
 
-from mmaccel.eval.benchmarks import DEFAULT_BENCHMARK, AccuracyColumn, Benchmark, load_benchmark, metrics_of
+from mmaccel.eval.benchmarks import (
+    DEFAULT_BENCHMARK,
+    AccuracyColumn,
+    Benchmark,
+    benchmark_for,
+    load_benchmark,
+    metrics_of,
+)
 from mmaccel.eval.common import MethodSpec, markdown_table, parse_methods
 from mmaccel.eval.runner import (
     gather_results,
@@ -280,7 +287,7 @@ def _run(argv: list[str] | None, command: str, metrics: Sequence[str]) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        bench = load_benchmark(args.benchmark)
+        bench = benchmark_for(args.benchmark, args.model)
         # compare shows what the benchmark can score; fid and accuracy insist on their metric
         metrics = metrics_of(bench, metrics, strict=command != "compare")
         fd_ref = (

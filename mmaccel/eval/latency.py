@@ -90,7 +90,7 @@ def format_rows(rows: Sequence[LatencyRow]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``mmaccel eval latency``: the latency table of the benchmark's prompts; 2 on a bad argument."""
-    from mmaccel.eval.benchmarks import load_benchmark
+    from mmaccel.eval.benchmarks import benchmark_for
     from mmaccel.eval.commands import add_run_arguments
 
     parser = argparse.ArgumentParser(prog="mmaccel eval latency", description=__doc__.splitlines()[0])
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.ERROR)
     try:
-        bench = load_benchmark(args.benchmark)
+        bench = benchmark_for(args.benchmark, args.model)
         model = args.model or bench.model
         rows = measure_latency(parse_methods(args.methods), bench.prompts(args.prompts, args.prompt_seed), model,
                                args.repeats, args.seed, args.guidance_scale, args.temperature, compile=args.compile, batch=args.batch,
