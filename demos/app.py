@@ -1,61 +1,68 @@
-"""Gradio demo: ``ar`` side by side with an accelerated method on the embedded text-to-image model.
+"""Gradio demo: ``ar`` side by side with an accelerated method, on a model the user picks.
 
     python -m demos.app --port 7860            # http://127.0.0.1:7860
 
-Owns: the page (a prompt, a method picker built from ``mmaccel.methods.METHODS`` showing each
-method only the options it reads, filled with the library's defaults for the model in use, see
-``demos.inputs``; a seed), turning bad input into one readable message, the comparison (both
-images, forward passes, the median wall-clock of timed repeats, the per-step view of which
-tokens each forward accepted; see ``demos.report``), the ``generate`` API endpoint for
-``gradio_client`` (prompt, method, seed) -> (ar image, method image, statistics), the bounded
+Owns: the page (a model picker of the installed models that load, see ``demos.models``: the
+embedded raster text-to-image model ``shapes-t2i`` by default, and the next-scale (VAR) pair
+``fashion-var`` whose prompts are class names, offered as a list; a model whose weights are
+missing is left out with a note saying why; a prompt; a method picker showing only the methods
+that run on the model, each with only the options it reads, filled with the library's defaults
+for that model, see ``demos.inputs`` and ``demos.fields``; a seed), turning bad input into one
+readable message, the comparison (both images, forward passes (per model on a VAR pair), the
+median wall-clock of timed repeats, the peak K/V cache on a VAR pair; see ``demos.report``),
+the per-step view (raster: which tokens each forward accepted; VAR: which model drew each
+scale; ``demos.visualize``), the ``generate`` API endpoint for ``gradio_client`` (prompt,
+method, seed, model = ``shapes-t2i``) -> (ar image, method image, statistics), the bounded
 request queue, and this command line.
 
 Must never: decode tokens itself (everything goes through ``mmaccel.generate_image``), put a
-default of its own into a request (a field left at the library's default is not sent), or
-listen beyond loopback unless ``--host`` says so.
+default of its own into a request (a field left at the library's default is not sent), show a
+stack trace for a model that cannot load, or listen beyond loopback unless ``--host`` says so.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import html
 import logging
-import math
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import gradio as gr
 import torch
-from PIL import Image
 
 import mmaccel
+from demos.fields import option_field, option_update
 from demos.inputs import (
-    EXAMPLE_PROMPT,
     MAX_PROMPT_CHARS,
     MAX_SEED,
-    OptionSpec,
     check_request,
-    default_note,
     method_options,
     option_names,
     page_defaults,
+)
+from demos.models import (
+    Catalogue,
+    classes,
+    describe,
+    example_prompt,
+    first_method,
+    is_next_scale,
+    load_catalogue,
+    offered_methods,
 )
 from demos.report import (
     BASELINE,
     BUDGET_S,
     REPEATS,
-    Comparison,
     about_markdown,
     compare,
     intro_markdown,
     summary_markdown,
 )
-from demos.visualize import filling_gif, heat_maps
-from mmaccel.images import ImageModel
-from mmaccel.methods import METHODS
+from demos.visualize import comparison_view, enlarge
 
 log = logging.getLogger(__name__)
 
@@ -68,97 +75,44 @@ CSS = """
                       border-radius: 6px; padding: 0.6em 0.8em; }
 """
 IDLE = f"Press <b>Generate</b> to run <code>{BASELINE}</code> and the chosen method with the same seed."
+PER_STEP = (
+    "**Per-step view.** Each cell is an image token (raster order) coloured by the forward pass "
+    "that committed it, on one colour scale for both runs (dark = early). White lines separate "
+    "tokens committed by different forwards: every outlined block was accepted by a single "
+    "forward. The animation replays both runs forward by forward; magenta marks the tokens "
+    "just committed."
+)
+PER_SCALE = (
+    "**Per-scale view.** A next-scale model draws a whole scale (1x1, 2x2, ... tokens) in one forward, "
+    "so there is no token-by-token view: each square is one scale, split into its tokens and coloured "
+    "by the model that drew it."
+)
 
 
-def _info(spec: OptionSpec, method: str, model: ImageModel) -> str:
-    note = default_note(method, spec.name, model) if spec.name in option_names(method) else ""
-    return " · ".join(t for t in (spec.help, note) if t)
+def _model_label(model: Any) -> str:
+    kind = "next-scale (VAR), prompts are class names" if is_next_scale(model) else "text-to-image"
+    return f"{model.name} ({kind})"
 
 
-def _field_value(spec: OptionSpec, method: str, model: ImageModel) -> Any:
-    if spec.name in option_names(method):
-        value = page_defaults(method, model)[spec.name]
-    else:
-        value = next(page_defaults(m, model)[spec.name] for m in spec.methods)  # hidden: any reader's
-    # a field that takes a word (window: auto) holds text, whether the default is the word or a number
-    return str(value) if spec.keywords and value is not None else value
+def _model_info(catalogue: Catalogue, model: Any) -> str:
+    return " ".join(t for t in (describe(model) + ".", catalogue.note()) if t)
 
 
-def _field(spec: OptionSpec, method: str, model: ImageModel) -> gr.components.Component:
-    """The field of one option, showing ``method``'s default (hidden if ``method`` does not read it)."""
-    visible, value, info = (
-        spec.name in option_names(method),
-        _field_value(spec, method, model),
-        _info(spec, method, model),
-    )
-    elem_id = f"option-{spec.name}"
-    if spec.choices:
-        return gr.Dropdown(
-            list(spec.choices),
-            value=value,
-            label=spec.name,
-            info=info,
-            visible=visible,
-            filterable=False,
-            elem_id=elem_id,
-        )
-    if spec.keywords:
-        # the word (auto) and a few numbers to pick, or any number typed in; check_request reads the text
-        lo, hi = spec.bounds or (0, math.inf)
-        rng = f"{lo:g} or more" if math.isinf(hi) else f"{lo:g} to {hi:g}"
-        return gr.Dropdown(
-            [*spec.keywords, *(str(n) for n in spec.suggested)],
-            value=value,
-            label=f"{spec.name} ({' or '.join(spec.keywords)}, or a whole number {rng})",
-            info=info,
-            visible=visible,
-            allow_custom_value=True,
-            filterable=True,
-            elem_id=elem_id,
-        )
-    if spec.kind is bool:
-        return gr.Checkbox(value=bool(value), label=spec.name, info=info, visible=visible, elem_id=elem_id)
-    if spec.kind in (int, float):
-        lo, hi = spec.bounds or (None, None)
-        rng = "" if lo is None else f" (at least {lo:g})" if math.isinf(hi) else f" ({lo:g} to {hi:g})"
-        # precision=None: gradio would round 2.5 to 2 before our check could refuse it
-        return gr.Number(
-            value=value,
-            label=spec.name + rng,
-            info=info,
-            visible=visible,
-            precision=None,
-            step=1 if spec.kind is int else 0.05,
-            placeholder="empty: not set",
-            elem_id=elem_id,
-        )
-    return gr.Textbox(
-        value="" if value is None else str(value),
-        label=spec.name,
-        info=info,
-        visible=visible,
-        elem_id=elem_id,
-    )
+def _prompt_info(model: Any) -> str:
+    limit = f"at most {MAX_PROMPT_CHARS} characters; a longer prompt is refused, never cut"
+    if classes(model):
+        return f"a class name: {', '.join(classes(model))} (pick one below, or type it); {limit}"
+    return limit
 
 
 def _run_label(out: Any, label: str) -> str:
+    forwards = out.generate_output.extras.get("forwards", {})  # next-scale runs: per model role
+    if {"drafter", "refiner"} <= set(forwards):
+        return (
+            f"{label} ({out.num_forward_passes} forward passes: {forwards['drafter']} large model, "
+            f"{forwards['refiner']} small model)"
+        )
     return f"{label} ({out.num_forward_passes} forward passes)"
-
-
-def _gif_html(c: Comparison) -> str:
-    runs = [
-        (label, out.images[0], out.generate_output.token_forward_index[0].numpy())
-        for label, out in ((BASELINE, c.baseline), (c.request.method, c.accelerated))
-    ]
-    data = base64.b64encode(filling_gif(runs)).decode("ascii")
-    return (
-        f'<img src="data:image/gif;base64,{data}" alt="token grids filling forward by forward" '
-        'style="image-rendering: pixelated; max-width: 100%">'
-    )
-
-
-def _big(image: Image.Image, factor: int = 4) -> Image.Image:
-    return image.resize((image.width * factor, image.height * factor), Image.NEAREST)
 
 
 def _image(label: str, elem_id: str, show_label: bool = True) -> gr.Image:
@@ -190,45 +144,72 @@ def _readable_errors() -> Iterator[None]:
         ) from None
 
 
-def build_demo(
-    model: ImageModel | None = None, repeats: int = REPEATS, budget_s: float = BUDGET_S
-) -> gr.Blocks:
+def build_demo(model: Any = None, repeats: int = REPEATS, budget_s: float = BUDGET_S) -> gr.Blocks:
     """The page and its ``generate`` API endpoint; call ``.queue(...)`` and ``.launch(...)`` on it.
 
+    ``model``: a ``demos.models.Catalogue`` of the models to offer (default: every installed model
+    that loads, ``load_catalogue()``), or one model, then the only one offered.
     ``repeats``: timed runs of each method per request, after the run whose image is shown;
     fewer when they would take a request past ``budget_s`` seconds (``demos.report.compare``).
     """
-    image_model = model if model is not None else mmaccel.load_model()
-    specs = method_options()
-    choices = [m for m in METHODS if m != BASELINE]
-    first = "sjd" if "sjd" in choices else choices[0]
+    if isinstance(model, Catalogue):
+        catalogue = model
+    else:
+        catalogue = Catalogue.of(model) if model is not None else load_catalogue()
+    m0 = catalogue.models[catalogue.default]
+    first = first_method(m0)
 
     def progress_fn(progress: gr.Progress) -> Callable[[float, str], None]:
         return lambda fraction, desc: progress(fraction, desc=desc)
 
-    def api_generate(prompt: str, method: str, seed: float | None, progress=PROGRESS):
-        """(prompt, method or method spec, seed) -> (ar image, method image, statistics dict)."""
+    def api_generate(
+        prompt: str, method: str, seed: float | None, model: str = catalogue.default, progress=PROGRESS
+    ):
+        """(prompt, method or method spec, seed, model name) -> (ar image, method image, statistics dict)."""
         with _readable_errors():
+            image_model = catalogue.get(model)
             request = check_request(prompt, method, seed, model=image_model)
             c = compare(request, image_model, progress_fn(progress), repeats, budget_s)
         return c.baseline.images[0], c.accelerated.images[0], c.stats
 
     with gr.Blocks(title="mmaccel demo", analytics_enabled=False) as demo:
-        gr.Markdown(intro_markdown(choices, image_model), elem_id="intro")
+        intro = gr.Markdown(intro_markdown(offered_methods(m0), m0), elem_id="intro")
         with gr.Row():
             with gr.Column(scale=1, min_width=300):
+                model_box = gr.Dropdown(
+                    [(_model_label(m), name) for name, m in catalogue.models.items()],
+                    value=catalogue.default,
+                    label="Model",
+                    info=_model_info(catalogue, m0),
+                    filterable=False,
+                    elem_id="model",
+                )
                 prompt = gr.Textbox(
                     label="Prompt",
-                    value=EXAMPLE_PROMPT,
+                    value=example_prompt(m0),
                     lines=2,
-                    info=f"at most {MAX_PROMPT_CHARS} characters; a longer prompt is refused, never cut",
+                    info=_prompt_info(m0),
                     elem_id="prompt",
                 )
-                method = gr.Radio(
-                    choices, value=first, label=f"Method (compared with {BASELINE})", elem_id="method"
+                pick_class = gr.Radio(
+                    list(classes(m0)),
+                    value=None,
+                    label="Classes",
+                    visible=bool(classes(m0)),
+                    elem_id="classes",
                 )
-                about = gr.Markdown(about_markdown(first, image_model), elem_id="about")
-                option_boxes = {name: _field(spec, first, image_model) for name, spec in specs.items()}
+                method = gr.Radio(
+                    offered_methods(m0),
+                    value=first,
+                    label=f"Method (compared with {BASELINE})",
+                    elem_id="method",
+                )
+                about = gr.Markdown(about_markdown(first, m0), elem_id="about")
+                # one field per option any method reads, shown for the methods that read it; its range
+                # and default follow the model (option_updates)
+                option_boxes = {
+                    name: option_field(spec, first, m0) for name, spec in method_options(m0).items()
+                }
                 seed = gr.Number(
                     value=0,
                     precision=None,  # refuse 2.5 instead of rounding it
@@ -243,35 +224,12 @@ def build_demo(
                     ar_image = _image(BASELINE, "ar-image")
                     method_image = _image("method", "method-image")
                 summary = gr.Markdown(elem_id="summary")
-                gr.Markdown(
-                    "**Per-step view.** Each cell is an image token (raster order) coloured by the forward pass "
-                    "that committed it, on one colour scale for both runs (dark = early). White lines separate "
-                    "tokens committed by different forwards: every outlined block was accepted by a single "
-                    "forward. The animation replays both runs forward by forward; magenta marks the tokens "
-                    "just committed."
-                )
+                view_note = gr.Markdown(PER_SCALE if is_next_scale(m0) else PER_STEP, elem_id="view-note")
                 heat_scale = gr.Markdown(elem_id="heat-scale")
-                heat = _image("forward that committed each token", "heat", show_label=False)
+                heat = _image("the per-step view of both runs", "heat", show_label=False)
                 gif = gr.HTML(elem_id="filling")
                 with gr.Accordion("Statistics (JSON)", open=False):
                     stats = gr.JSON(elem_id="stats")
-
-        def pick(name: str):
-            updates = [gr.update(value=about_markdown(name, image_model))]
-            for option, spec in specs.items():
-                reads = option in option_names(name)
-                updates.append(
-                    gr.update(
-                        visible=reads,
-                        value=_field_value(spec, name, image_model),
-                        info=_info(spec, name, image_model),
-                    )
-                    if reads
-                    else gr.update(visible=False)
-                )
-            return updates
-
-        method.change(pick, method, [about, *option_boxes.values()], queue=False, api_visibility="private")
 
         outputs = [status, ar_image, method_image, summary, heat_scale, heat, gif, stats]
 
@@ -288,10 +246,67 @@ def build_demo(
                 None,
             )
 
+        def option_updates(name: str, image_model: Any) -> list[dict[str, Any]]:
+            model_specs = method_options(image_model)
+            return [option_update(model_specs[option], name, image_model) for option in option_boxes]
+
+        def pick(name: str, model_name: str):
+            image_model = catalogue.models.get(model_name)
+            if image_model is None or name not in offered_methods(image_model):
+                # a method of the previous model, while the model switch is on its way: it refills all
+                return [gr.update()] * (1 + len(option_boxes))
+            return [gr.update(value=about_markdown(name, image_model)), *option_updates(name, image_model)]
+
+        method.change(
+            pick, [method, model_box], [about, *option_boxes.values()], queue=False, api_visibility="private"
+        )
+
+        def switch(model_name: str):
+            """Everything that follows the model: methods, their options, the prompt, the texts."""
+            image_model = catalogue.get(model_name)
+            name, names = first_method(image_model), classes(image_model)
+            return (
+                gr.update(info=_model_info(catalogue, image_model)),
+                intro_markdown(offered_methods(image_model), image_model),
+                gr.update(value=example_prompt(image_model), info=_prompt_info(image_model)),
+                gr.update(choices=list(names), value=None, visible=bool(names)),
+                gr.update(choices=offered_methods(image_model), value=name),
+                about_markdown(name, image_model),
+                *option_updates(name, image_model),
+                PER_SCALE if is_next_scale(image_model) else PER_STEP,
+                *cleared(IDLE),
+            )
+
+        model_box.change(
+            switch,
+            model_box,
+            [
+                model_box,
+                intro,
+                prompt,
+                pick_class,
+                method,
+                about,
+                *option_boxes.values(),
+                view_note,
+                *outputs,
+            ],
+            queue=False,
+            api_visibility="private",
+        )
+        pick_class.input(
+            lambda name: gr.update() if name is None else name,
+            pick_class,
+            prompt,
+            queue=False,
+            api_visibility="private",
+        )
+
         def ui_generate(values: dict, progress=PROGRESS):
             name = values[method]
             options = {o: values[option_boxes[o]] for o in option_names(name)}
             try:
+                image_model = catalogue.get(values[model_box])
                 request = check_request(
                     values[prompt], name, values[seed], options, page_defaults(name, image_model), image_model
                 )
@@ -300,23 +315,14 @@ def build_demo(
                 return cleared(_error_html(str(err)))
             runs = [(BASELINE, c.baseline), (request.method, c.accelerated)]
             images = [
-                gr.update(value=_big(out.images[0]), label=_run_label(out, label)) for label, out in runs
+                gr.update(value=enlarge(out.images[0]), label=_run_label(out, label)) for label, out in runs
             ]
-            forwards = [out.generate_output.token_forward_index[0].numpy() for _, out in runs]
-            last = max(int(f.max()) for f in forwards)
-            longest = runs[max(range(len(runs)), key=lambda i: int(forwards[i].max()))][0]
-            scale = (
-                f"Both maps use one colour scale: forward 0 (dark) to forward {last} (bright), "
-                f"the last forward of `{longest}`."
+            scale, picture, animation = comparison_view(c)
+            done = (
+                f"Done: <code>{BASELINE}</code> and <code>{html.escape(request.method)}</code> on "
+                f"{html.escape(image_model.name)} with seed {request.seed}."
             )
-            maps = heat_maps(
-                [
-                    (f"{label}: {out.num_forward_passes} forwards", f)
-                    for (label, out), f in zip(runs, forwards, strict=True)
-                ]
-            )
-            done = f"Done: <code>{BASELINE}</code> and <code>{html.escape(request.method)}</code> with seed {request.seed}."
-            return (done, *images, summary_markdown(c), scale, maps, _gif_html(c), c.stats)
+            return (done, *images, summary_markdown(c), scale, picture, animation, c.stats)
 
         run.click(
             lambda: cleared("Generating…"),
@@ -327,7 +333,7 @@ def build_demo(
             show_progress="hidden",
         ).then(
             ui_generate,
-            {prompt, method, seed, *option_boxes.values()},
+            {model_box, prompt, method, seed, *option_boxes.values()},
             outputs,
             api_visibility="private",
             concurrency_id="generate",
@@ -337,11 +343,12 @@ def build_demo(
         # the API endpoint reads its own hidden inputs, so a method spec string and any seed reach the checks
         with gr.Row(visible=False):
             api_prompt, api_method, api_seed = gr.Textbox(), gr.Textbox(), gr.Number()
+            api_model = gr.Textbox(value=catalogue.default)
             api_ar, api_method_image = gr.Image(type="pil", format="png"), gr.Image(type="pil", format="png")
             api_stats, api_button = gr.JSON(), gr.Button()
         api_button.click(
             api_generate,
-            [api_prompt, api_method, api_seed],
+            [api_prompt, api_method, api_seed, api_model],
             [api_ar, api_method_image, api_stats],
             api_name="generate",
             concurrency_id="generate",
@@ -381,13 +388,13 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="demo: %(message)s")
     log.setLevel(logging.INFO)
     torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // args.concurrency))
-    model = mmaccel.load_model()
+    catalogue = load_catalogue()  # a model that cannot load is left out, with its reason on the page
     if not args.no_warmup:  # first calls pay one-time costs that would skew the first comparison
-        log.info("warming up")
-        for name in (BASELINE, "sjd"):
-            if name in METHODS:
-                mmaccel.generate_image(EXAMPLE_PROMPT, name, model=model, seed=0)
-    demo = build_demo(model, args.repeats, args.time_budget)
+        for name, model in catalogue.models.items():
+            log.info("warming up %s", name)
+            for method in (BASELINE, first_method(model)):
+                mmaccel.generate_image(example_prompt(model), method, model=model, seed=0)
+    demo = build_demo(catalogue, args.repeats, args.time_budget)
     demo.queue(default_concurrency_limit=args.concurrency, max_size=args.max_queue)
     demo.launch(
         server_name=args.host,

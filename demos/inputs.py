@@ -1,12 +1,15 @@
 """What the demo accepts: the options each method offers, their defaults, and the checks on a request.
 
 Owns: ``method_options`` (every option a registered method reads, per
-``mmaccel.methods.OPTIONS``, with its type, choices, range, the words it takes instead of a
-number (``window="auto"``) and help; the model declares
-``grid_width`` so the page never offers it), ``page_defaults`` (what each option of a method
-runs with when the user names none, from ``mmaccel.methods.method_defaults``: the one source
-of defaults for the page, the API and the CLI), ``check_request`` (prompt, method or method
-spec, options, seed -> a ``Request``, or an ``InputError`` whose message is fit to show a user).
+``mmaccel.methods.OPTIONS``, with its type, choices, range (for a model, the range valid on it:
+``draft_scales`` 1 .. its scales - 1), the words it takes instead of a number
+(``window="auto"``) and help; the model declares ``grid_width`` so the page never offers it),
+``page_defaults`` (what each option of a method runs with when the user names none, from
+``mmaccel.methods.method_defaults``: the one source of defaults for the page, the API and the
+CLI), ``check_request`` (prompt, method or method spec, options, seed, model -> a ``Request``,
+or an ``InputError`` whose message is fit to show a user: also a method that does not run on
+the model, and on a class-conditional model a prompt that is not one of its classes, with the
+model's own message listing them).
 
 Must never: import gradio or generate anything; it is plain Python, tested without a server.
 Must never invent a default: a value the user did not change is not sent, so the library's
@@ -17,18 +20,26 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass
 from typing import Any
 
+from demos.models import (
+    classes,
+    example_prompt,
+    is_next_scale,
+    patch_nums,
+    runnable_methods,
+)
 from mmaccel.acceptors.lantern import RULES
 from mmaccel.drafters import INITS
 from mmaccel.eval.common import parse_method_spec
+from mmaccel.images import draft_scales_of
 from mmaccel.methods import METHODS, OPTIONS, method_defaults, model_method_defaults, resolve_method
 from mmaccel.window import TIMED
 
-EXAMPLE_PROMPT = "a large red circle at the top left on a blue background"
 # The grammar's longest caption is about 110 characters; a longer prompt is refused, never cut.
 MAX_PROMPT_CHARS = 300
 MAX_SEED = 2**32 - 1
@@ -49,6 +60,8 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "lantern_k": (1, 256),
     "lantern_delta": (0, 1),
     "lantern_lambda": (1, math.inf),
+    # on a given model: 1 .. its scales - 1 (``method_options(model)``), both models draw a scale
+    "draft_scales": (1, math.inf),
 }
 HELP: dict[str, str] = {
     "window": "draft tokens verified per forward (0: none); auto: the number giving the most tokens "
@@ -60,6 +73,8 @@ HELP: dict[str, str] = {
     "lantern_lambda": "multiplicative bound p~(x) <= lambda p(x) of LANTERN++, instead of lantern_delta",
     "lantern_rule": "bounded: one relaxed target per position, the bound holds; "
     "paper: the published per-draft rule, faster, bound not guaranteed",
+    "draft_scales": "scales the large model draws (the smallest ones); the small model draws the rest, "
+    "so those follow the small model's distribution",
 }
 
 
@@ -98,8 +113,17 @@ def option_names(method: str) -> tuple[str, ...]:
     return tuple(o for o in OPTIONS.get(method, ()) if o not in HIDDEN_OPTIONS)
 
 
-def method_options() -> dict[str, OptionSpec]:
-    """Every option some registered method reads, by option name, with the methods that read it."""
+def _bounds(name: str, model: Any) -> tuple[float, float] | None:
+    if name == "draft_scales" and is_next_scale(model):
+        return (1, len(patch_nums(model)) - 1)  # mmaccel.images refuses any other number of scales
+    return BOUNDS.get(name)
+
+
+def method_options(model: Any = None) -> dict[str, OptionSpec]:
+    """Every option some registered method reads, by option name, with the methods that read it.
+
+    ``model``: the model the page runs, whose valid ranges the specs carry (``draft_scales``).
+    """
     found: dict[str, tuple[tuple[type, bool], list[str]]] = {}
     for method, config_cls in METHODS.items():
         hints = typing.get_type_hints(config_cls)
@@ -112,7 +136,7 @@ def method_options() -> dict[str, OptionSpec]:
             tuple(methods),
             optional=optional,
             choices=CHOICES.get(name),
-            bounds=BOUNDS.get(name),
+            bounds=_bounds(name, model),
             keywords=KEYWORDS.get(name, ()),
             suggested=SUGGESTED.get(name, ()),
             help=HELP.get(name, ""),
@@ -134,6 +158,9 @@ def page_defaults(method: str, model: Any = None) -> dict[str, Any]:
 def default_note(method: str, option: str, model: Any = None) -> str:
     """``"default for zipar+sjd: 4 (shapes-t2i's tuned setting)"``: the help line under a field."""
     value = page_defaults(method, model)[option]
+    if value is None and option == "draft_scales" and is_next_scale(model):
+        drawn = draft_scales_of(resolve_method(method, {}, model=model), model)
+        return f"default for {method}: not set, so the large model draws {drawn} of the {len(patch_nums(model))} scales"
     if value is None:
         return f"default for {method}: not set"
     shown = f"{value:g}" if isinstance(value, float) else str(value)
@@ -199,6 +226,29 @@ def _not_taken(method: str, option: str) -> InputError:
     )
 
 
+def not_runnable(method: str, model: Any) -> str:
+    """Why ``method`` cannot run on ``model``, and what would."""
+    runs = ", ".join(runnable_methods(model))
+    if is_next_scale(model):
+        return (
+            f"Method {method!r} does not run on {model.name}, a next-scale (VAR) model: "
+            f"the methods that run on it are {runs}."
+        )
+    return (
+        f"Method {method!r} does not run on {model.name}, a next-token (raster) model: {method} runs on "
+        f"next-scale (VAR) model pairs such as fashion-var. The methods that run on {model.name} are {runs}."
+    )
+
+
+def _check_class(prompt: str, model: Any) -> None:
+    """A class-conditional (next-scale) model's own check of a class-name prompt, worded for one prompt."""
+    try:
+        model.labels([prompt])
+    except ValueError as err:
+        message = re.sub(r"^prompt 0: ", "", str(err))  # the page sends one prompt
+        raise InputError(message[:1].upper() + message[1:]) from None
+
+
 def check_request(
     prompt: Any,
     method: Any,
@@ -214,10 +264,13 @@ def check_request(
     ``defaults``: the values the page showed in its fields (``page_defaults``); an option still
     equal to its default is not named either, so the library applies its own default (and an
     exclusive pair such as lantern_delta / lantern_lambda stays consistent). ``model``: the
-    model the request will run on, whose shipped defaults the options are checked with.
+    model the request will run on: the method must run on it, the options are checked with its
+    shipped defaults and ranges, and a class-conditional model checks the prompt is one of its
+    classes (its own message, which lists them).
     """
     if not isinstance(prompt, str) or not prompt.strip():
-        raise InputError(f"Please enter a prompt, e.g. “{EXAMPLE_PROMPT}”.")
+        kind = "a class name such as" if classes(model) else "e.g."
+        raise InputError(f"Please enter a prompt, {kind} “{example_prompt(model)}”.")
     if len(prompt.strip()) > MAX_PROMPT_CHARS:
         raise InputError(
             f"The prompt is too long: {len(prompt.strip())} characters, at most {MAX_PROMPT_CHARS}. "
@@ -231,7 +284,9 @@ def check_request(
         raise InputError(f"Cannot read the method {method!r}: {err}") from None
     if spec.name not in METHODS:
         raise InputError(f"Unknown method {spec.name!r}; choose one of {', '.join(METHODS)}.")
-    specs = method_options()
+    if model is not None and spec.name not in runnable_methods(model):
+        raise InputError(not_runnable(spec.name, model))
+    specs = method_options(model)
     checked = {}
     for name, value in {**(options or {}), **spec.options}.items():
         if name not in option_names(spec.name):
@@ -245,6 +300,8 @@ def check_request(
         resolve_method(spec.name, checked, model=model)
     except (ValueError, TypeError) as err:
         raise InputError(str(err)) from None
+    if is_next_scale(model):
+        _check_class(prompt.strip(), model)
     if seed is None or isinstance(seed, bool) or not isinstance(seed, int | float) or not math.isfinite(seed):
         raise InputError(f"The seed must be a whole number from 0 to {MAX_SEED}, got {seed!r}.")
     if seed != int(seed):

@@ -1,11 +1,10 @@
-"""One comparison of the demo: ``ar`` and a method on the same prompt, seed and model, and what it says.
+"""One comparison of the demo: ``ar`` and a method on the same prompt, seed and model, and its statistics.
 
 Owns: ``compare`` (the image of each run, then a few timed runs of each, interleaved, whose
-median wall-clock is the one reported), the statistics the page and the API return, ``fidelity``
-(what a method's output has in common with ``ar``'s, stated exactly: same distribution for a
-lossless method, a bound or no bound for a lossy one), and the texts the page shows from them:
-its title and promise (``intro_markdown``), the note on each method (``about_markdown``) and the
-summary of a comparison (``summary_markdown``).
+median wall-clock is the one reported) and the statistics the page and the API return: on a
+raster model forward passes and the tokens each accepted; on a next-scale (VAR) pair forward
+passes per model role, which model drew each scale, and the peak K/V cache of each run with
+the reduction. What the page says about them is ``demos.texts`` (re-exported here).
 
 Must never: decode tokens itself (everything goes through ``mmaccel.generate_image``), import
 gradio, or call a single wall-clock sample a speed-up.
@@ -13,8 +12,6 @@ gradio, or call a single wall-clock sample a speed-up.
 
 from __future__ import annotations
 
-import html
-import math
 import statistics
 import time
 from collections.abc import Callable
@@ -25,107 +22,31 @@ import numpy as np
 
 import mmaccel
 from demos.inputs import Request, config_options, option_names
-from mmaccel.images import ImageModel, ImageOutput
-from mmaccel.methods import DESCRIPTIONS, LANTERN_DEFAULT_DELTA, LOSSLESS, JacobiConfig, resolve_method
+from demos.models import BASELINE, ROLE_WORDS, is_next_scale, patch_nums
+from demos.texts import (  # re-exported: the page's words live in demos.texts
+    about_markdown,
+    fidelity,
+    intro_markdown,
+    model_fidelity,
+    options_text,
+    scales_markdown,
+    summary_markdown,
+    timing_words,
+    what_it_does,
+)
+from mmaccel.images import ImageOutput
+from mmaccel.methods import LOSSLESS, resolve_method
 
-BASELINE = "ar"
+__all__ = [
+    "BASELINE", "BUDGET_S", "LOSSLESS", "REPEATS", "Comparison", "about_markdown", "compare", "fidelity",
+    "intro_markdown", "options_text", "ran_window", "scale_roles", "scales_markdown", "summary_markdown",
+    "timing_words", "what_it_does",
+]  # fmt: skip
+
 # Timed runs of each method after the run whose image is shown (that run is the warm-up), and
 # the time a request aims to stay within: fewer repeats (at least one) when they would not fit.
 REPEATS = 3
 BUDGET_S = 15.0
-SAME_DISTRIBUTION = (
-    "it samples exactly the distribution `ar` samples. The same seed gives it the same image every "
-    "time, but usually not the picture `ar` draws with that seed (the two spend the random numbers "
-    "differently); over many seeds the two are alike in distribution."
-)
-MEASURED = " How far the images move from `ar`'s is measured (docs/benchmarks), not promised."
-
-
-def what_it_does(method: str) -> str:
-    """The library's description of ``method`` without its lossless/lossy tag (``fidelity`` says that)."""
-    text = DESCRIPTIONS.get(method, "")
-    head, sep, tail = text.rpartition("; ")
-    return head if sep and tail.startswith(("lossless", "lossy")) else text
-
-
-def _lantern(config: Any) -> tuple[bool, str]:
-    lam, delta, rule = config.lantern_lambda, config.lantern_delta, config.lantern_rule
-    if (lam is not None and lam == 1) or (lam is None and delta == 0):
-        return (
-            True,
-            "Lossless: with no relaxation (lantern_delta 0 or lantern_lambda 1) it is `sjd`, so "
-            + SAME_DISTRIBUTION,
-        )
-    if lam is not None:
-        bound = f"p~(x) <= {lam:g} p(x) for every token"
-    else:
-        bound = f"total-variation distance <= {delta if delta is not None else LANTERN_DEFAULT_DELTA:g} from `ar`'s"
-    if rule == "bounded":
-        return False, f"Lossy, bounded: every step samples a relaxed distribution with {bound}."
-    return False, (
-        f"Lossy: lantern_rule=paper relaxes each draft on its own ({bound} per draft), but with random "
-        "drafts a step's distance from `ar` can exceed that: the bound is not guaranteed."
-    )
-
-
-def fidelity(config: Any, grid_width: int) -> tuple[bool | None, str]:
-    """(lossless?, what the output has in common with ``ar``'s) for a resolved method config on a
-    ``grid_width``-wide raster model; None for a method the demo knows nothing about."""
-    name = config.name
-    if name == BASELINE:
-        return True, "The baseline: plain autoregressive sampling."
-    if name in LOSSLESS:
-        return True, "Lossless: " + SAME_DISTRIBUTION
-    if not isinstance(config, JacobiConfig):
-        return None, f"How close it is to `ar`: see its description ({DESCRIPTIONS.get(name, 'none')})."
-    zipar = getattr(config, "zipar_window", None)
-    relaxed = name in ("lantern", "zipar+lantern")
-    lossless, text = _lantern(config) if relaxed else (True, "Lossless: " + SAME_DISTRIBUTION)
-    if zipar is None:
-        unbounded = not lossless and config.lantern_rule == "paper"
-        return lossless, text + (MEASURED if unbounded else "")
-    if zipar >= grid_width:
-        return (
-            lossless,
-            f"zipar_window {zipar} >= the grid width {grid_width}, so rows run in raster order as in `ar`. {text}",
-        )
-    zip_text = (
-        f"Lossy, no bound: a row starts once the row above holds {zipar} of its {grid_width} tokens, so its "
-        "tokens are drawn without seeing the rest of that row (`ar` sees it)."
-    )
-    if relaxed:
-        kind, _, detail = text.partition(": ")  # "Lossy, bounded: every step ..." -> the detail
-        return False, f"{zip_text} On top of that, LANTERN's acceptance ({kind.lower()}): {detail}{MEASURED}"
-    if name != "zipar":
-        zip_text += " The per-row SJD window adds no further loss."
-    return False, zip_text + MEASURED
-
-
-def about_markdown(name: str, model: ImageModel) -> str:
-    """What the method does and how its output relates to ``ar``'s, with its default options."""
-    _, note = fidelity(resolve_method(name, {}, model=model), math.isqrt(model.num_image_tokens))
-    return f"**{name}**: {what_it_does(name)}.\n\n**Compared with `{BASELINE}`:** {note}"
-
-
-def intro_markdown(choices: list[str], model: ImageModel) -> str:
-    """The page's title and what it promises: same seed and method, same image; lossless, same
-    distribution (not the same picture); lossy, close, with the bound stated per method."""
-    side = math.isqrt(model.num_image_tokens)
-    kinds: dict[bool | None, list[str]] = {True: [], False: [], None: []}
-    for name in choices:
-        kinds[fidelity(resolve_method(name, {}, model=model), side)[0]].append(f"`{name}`")
-    return (
-        "# mmaccel: sampling an image model in fewer forward passes\n"
-        f"Type a prompt, pick a method, and compare it with plain autoregressive decoding (`{BASELINE}`) "
-        f"on the embedded {model.name} model ({side}x{side} = {model.num_image_tokens} image tokens). "
-        "**The same seed with the same method always gives the same image** (with `window=auto`, once "
-        "the window is chosen: a method's first requests may try a few; the summary names the one each "
-        "run used). "
-        f"`{BASELINE}` and a lossless method ({', '.join(kinds[True])}) sample the same distribution, "
-        "not the same picture: for one seed their images usually differ. "
-        f"Lossy methods ({', '.join(kinds[False])}) sample a distribution close to `{BASELINE}`'s; "
-        "the note under the method picker says how close (its bound, or that it has none)."
-    )
 
 
 @dataclass
@@ -145,17 +66,44 @@ def ran_window(out: ImageOutput) -> int | None:
     return config.window if "window" in option_names(config.name) else None
 
 
+def scale_roles(out: ImageOutput) -> list[str]:
+    """The model role that drew each scale of a next-scale run (``target``, or ``drafter``s then
+    ``refiner``s): each role's forwards, in the order they ran, draw one scale each (the
+    refiner's prefill over the drafter's scales draws the scale after them)."""
+    forwards = out.generate_output.extras["forwards"]
+    return [role for role, n in forwards.items() for _ in range(n)]
+
+
+def _scale_stats(out: ImageOutput) -> dict[str, Any]:
+    """What a next-scale run reports instead of the tokens each forward accepted."""
+    forwards = dict(out.generate_output.extras["forwards"])
+    by_model = {words: 0 for words in ("large model", "small model")}
+    for role, n in forwards.items():
+        by_model[ROLE_WORDS[role]] += n
+    return {
+        "forwards": forwards,  # per model role, as mmaccel.next_scale counts them
+        "forwards_by_model": by_model,
+        "scale_models": [ROLE_WORDS[role] for role in scale_roles(out)],  # which model drew each scale
+        "peak_cache_mb": round(out.peak_cache_mb, 4),  # the largest K/V cache held at one time
+    }
+
+
 def _run_stats(out: ImageOutput, timed: list[ImageOutput]) -> dict[str, Any]:
-    forward_N = out.generate_output.token_forward_index[0].numpy()
     timed_s = [t.latency_s for t in timed]
     stats = {
         "forward_passes": out.num_forward_passes,
         "tokens_per_forward": round(out.num_tokens / out.num_forward_passes, 3),
-        "accepted_per_forward": np.bincount(forward_N, minlength=out.num_forward_passes).tolist(),
         "wall_clock_s": round(statistics.median(timed_s), 4),  # median of the timed repeats
         "wall_clock_runs_s": [round(t, 4) for t in timed_s],
         "first_run_s": round(out.latency_s, 4),  # the warm-up run, whose image is shown
     }
+    forward_N = out.generate_output.token_forward_index
+    if forward_N is not None:  # raster: the forward that committed each token
+        stats["accepted_per_forward"] = np.bincount(
+            forward_N[0].numpy(), minlength=out.num_forward_passes
+        ).tolist()
+    else:  # next-scale: every forward draws a whole scale
+        stats.update(_scale_stats(out))
     if ran_window(out) is not None:
         stats["window"] = ran_window(out)  # of the run whose image is shown
         stats["wall_clock_windows"] = [ran_window(t) for t in timed]  # auto may re-choose per run
@@ -164,7 +112,7 @@ def _run_stats(out: ImageOutput, timed: list[ImageOutput]) -> dict[str, Any]:
 
 def compare(
     request: Request,
-    model: ImageModel,
+    model: Any,
     progress: Callable[[float, str], None] | None = None,
     repeats: int = REPEATS,
     budget_s: float = BUDGET_S,
@@ -176,6 +124,7 @@ def compare(
     request past ``budget_s`` seconds; the statistics say how many were timed. Same seed, same
     model and the same options in every run, so the repeats redraw the same images (but with
     ``window="auto"`` before the window is kept: each run's window is in the statistics).
+    ``model``: a raster ``ImageModel`` or a next-scale (VAR) pair.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
@@ -205,9 +154,13 @@ def compare(
             label = f"timing {k + 1} of {total}: {method} (repeat {r + 1} of {n})"
             timed[key].append(run(method, options, 0.4 + 0.6 * k / total, label))
     baseline, accelerated = shown
-    lossless, note = fidelity(config, math.isqrt(model.num_image_tokens))
+    next_scale = is_next_scale(model)
+    if next_scale:  # the config the run used: draft_scales filled in when the library chose it
+        config = accelerated.generate_output.method
+    lossless, note = model_fidelity(config, model)
     median = {key: statistics.median(t.latency_s for t in outs) for key, outs in timed.items()}
     stats = {
+        "model": model.name,
         "prompt": request.prompt,
         "seed": request.seed,
         "method": request.method,
@@ -221,59 +174,13 @@ def compare(
         "speedup_forward_passes": round(baseline.num_forward_passes / accelerated.num_forward_passes, 3),
         "speedup_wall_clock": round(median[BASELINE] / median["accelerated"], 3),
         "wall_clock_repeats": n,
-        "prompt_warnings": list(model.condition([request.prompt], guidance=False).warnings),
+        # a next-scale model takes class names, checked before anything ran: nothing to warn about
+        "prompt_warnings": []
+        if next_scale
+        else list(model.condition([request.prompt], guidance=False).warnings),
     }
+    if next_scale:
+        peak = stats[BASELINE]["peak_cache_mb"], stats["accelerated"]["peak_cache_mb"]
+        stats["scales"] = list(patch_nums(model))  # the side of each scale
+        stats["peak_cache_reduction_pct"] = round(100 * (1 - peak[1] / peak[0]), 1)
     return Comparison(request, baseline, accelerated, stats)
-
-
-def timing_words(n: int) -> str:
-    """How the reported wall-clock was measured: ``median of 3 timed runs`` or one noisy sample."""
-    if n > 1:
-        return f"the median of {n} timed runs of each method"
-    return "a single timed run of each method (one noisy sample: more did not fit the time budget)"
-
-
-def options_text(stats: dict[str, Any]) -> str:
-    """``window=auto (default, chose 4), init=vertical (default)``: what the method ran with,
-    with the window ``auto`` chose (and, if the timed runs chose others, theirs)."""
-    named, m, parts = stats["options_named"], stats["accelerated"], []
-    for k, v in stats["options"].items():
-        notes = [] if k in named else ["default"]
-        if k == "window" and v == "auto" and "window" in m:
-            timed = m["wall_clock_windows"]
-            notes.append(
-                f"chose {m['window']}"
-                if all(w == m["window"] for w in timed)
-                else f"chose {m['window']} for the image; the timed runs used {', '.join(map(str, timed))}"
-            )
-        parts.append(f"{k}={v}" + (f" ({', '.join(notes)})" if notes else ""))
-    return ", ".join(parts)
-
-
-def summary_markdown(c: Comparison) -> str:
-    """The table and notes under the images."""
-    s, name = c.stats, c.request.method
-    a, m, n = s[BASELINE], s["accelerated"], s["wall_clock_repeats"]
-    opts = options_text(s)
-    timed = f"median of {n} timed runs" if n > 1 else "1 timed run"
-    rows = [
-        f"| | `{BASELINE}` (baseline) | `{name}` |",
-        "|---|---:|---:|",
-        f"| forward passes | {a['forward_passes']} | {m['forward_passes']} |",
-        f"| tokens per forward | {a['tokens_per_forward']:.2f} | {m['tokens_per_forward']:.2f} |",
-        f"| wall-clock, {timed} | {a['wall_clock_s']:.2f} s | {m['wall_clock_s']:.2f} s |",
-    ]
-    ratio = s["speedup_wall_clock"]
-    notes = [
-        f"**{s['speedup_forward_passes']:.2f}x fewer forward passes** than `{BASELINE}` "
-        f"({a['forward_passes']} / {m['forward_passes']}; exact, the same on any machine).",
-        f"Wall-clock ratio `{BASELINE}` / `{name}`: {ratio:.2f}x"
-        + (" (below 1: the method was slower here)" if ratio < 1 else "")
-        + f", from {timing_words(n)} after one warm-up run, seed fixed. This CPU is shared "
-        "with other requests, so wall-clock is noisy; the forward-pass count is not.",
-        f"`{name}` ran with {opts or 'no options'}.",
-        f"**Compared with `{BASELINE}`:** {s['fidelity']}",
-        f"{s['num_tokens']} image tokens, seed {s['seed']}.",
-    ]
-    notes += [f"Note: {html.escape(w)}" for w in s["prompt_warnings"]]
-    return "\n".join(rows) + "\n\n" + "\n\n".join(notes)

@@ -1,24 +1,38 @@
 """Pictures of *when* each image token was committed: the per-step view of a decoding run.
 
-Owns: the forward-index heat maps (one cell per image token, coloured by the target forward
-that committed it, outlined where neighbouring tokens came from different forwards, so a run
-of tokens accepted together shows as one outlined block; several runs side by side share one
-colour scale and one colour bar) and the animated GIF of the token grids of two runs filling
-forward by forward, side by side.
+Owns: for raster models, the forward-index heat maps (one cell per image token, coloured by
+the target forward that committed it, outlined where neighbouring tokens came from different
+forwards, so a run of tokens accepted together shows as one outlined block; several runs side
+by side share one colour scale and one colour bar) and the animated GIF of the token grids of
+two runs filling forward by forward, side by side; for next-scale (VAR) models, where one
+forward draws a whole scale, the per-scale view (``scale_maps``: each scale a square of its
+tokens, coloured by the model that drew it); ``comparison_view`` (the view of a comparison,
+whichever the model) and ``enlarge`` (the images as shown, nearest neighbour).
 
 Input is ``GenerateOutput.token_forward_index[b]`` for one image (``forward_N[n]`` = the
-forward that committed token ``n``, raster order; 0 = the prefill) and the decoded image.
+forward that committed token ``n``, raster order; 0 = the prefill) and the decoded image, or
+for a next-scale run the model that drew each scale.
 
 Must never: decode, time or load anything; it only draws results it is given.
 """
 
 from __future__ import annotations
 
+import base64
 import io
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from demos.models import BASELINE
+from demos.texts import scales_markdown
+
+if TYPE_CHECKING:
+    from demos.report import Comparison
+
+SHOWN_PX = 256  # images are enlarged (nearest neighbour) to about this size
 
 # viridis at 5 stops: perceptually ordered, readable for colour-blind viewers
 _STOPS = np.array(
@@ -203,3 +217,90 @@ def filling_gif(
         buf, format="GIF", save_all=True, append_images=indexed[1:], duration=durations, loop=0, optimize=True
     )
     return buf.getvalue()
+
+
+# the two models of a next-scale pair, on the ends of the forward colour scale
+MODEL_COLOURS = {"large model": tuple(_STOPS[1].astype(int)), "small model": tuple(_STOPS[3].astype(int))}
+
+
+def scale_maps(
+    runs: list[tuple[str, list[str]]], sides: list[int], box: int = 48, gap: int = 10, pad: int = 12
+) -> Image.Image:
+    """The per-scale view of next-scale runs: one row per run, one square per scale.
+
+    ``runs``: (title, the model that drew each scale: ``"large model"`` or ``"small model"``);
+    ``sides``: each scale's side (1, 2, 3, ... 8). Every scale is drawn as a ``box``-pixel square
+    split into its ``side x side`` tokens, coloured by the model that drew it, with its size under
+    it; a legend of the models closes the picture.
+    """
+    font, small = _font(12), _font(11)
+    width = len(sides) * box + (len(sides) - 1) * gap
+    row_h = 18 + box + 24
+    legend_h = 22
+    out = Image.new("RGB", (width + 2 * pad, pad + len(runs) * row_h + legend_h), (255, 255, 255))
+    draw = ImageDraw.Draw(out)
+    for r, (title, drew) in enumerate(runs):
+        y = pad + r * row_h
+        draw.text((pad, y), title, fill=(0, 0, 0), font=font)
+        for k, (side, who) in enumerate(zip(sides, drew, strict=True)):
+            x0, y0 = pad + k * (box + gap), y + 18
+            draw.rectangle([x0, y0, x0 + box - 1, y0 + box - 1], fill=MODEL_COLOURS[who])
+            for i in range(1, side):  # token boundaries inside the scale
+                t = round(i * box / side)
+                draw.line([(x0 + t, y0), (x0 + t, y0 + box - 1)], fill=(255, 255, 255))
+                draw.line([(x0, y0 + t), (x0 + box - 1, y0 + t)], fill=(255, 255, 255))
+            draw.text(
+                (x0 + box // 2, y0 + box + 2), f"{side}x{side}", fill=(60, 60, 60), font=small, anchor="ma"
+            )
+    x, y = pad, pad + len(runs) * row_h + 4
+    for who, colour in MODEL_COLOURS.items():
+        draw.rectangle([x, y, x + 12, y + 12], fill=colour)
+        draw.text((x + 18, y), who, fill=(0, 0, 0), font=small)
+        x += 18 + int(draw.textlength(who, font=small)) + 24
+    return out
+
+
+def enlarge(image: Image.Image, target_px: int = SHOWN_PX) -> Image.Image:
+    """``image`` enlarged by a whole factor to about ``target_px``, nearest neighbour (every pixel
+    a sharp block): 64x64 Shapes-T2I x4, 32x32 Fashion-MNIST x8."""
+    factor = max(1, target_px // max(image.size))
+    return image.resize((image.width * factor, image.height * factor), Image.NEAREST)
+
+
+def _gif_html(c: Comparison) -> str:
+    runs = [
+        (label, out.images[0], out.generate_output.token_forward_index[0].numpy())
+        for label, out in ((BASELINE, c.baseline), (c.request.method, c.accelerated))
+    ]
+    data = base64.b64encode(filling_gif(runs)).decode("ascii")
+    return (
+        f'<img src="data:image/gif;base64,{data}" alt="token grids filling forward by forward" '
+        'style="image-rendering: pixelated; max-width: 100%">'
+    )
+
+
+def comparison_view(c: Comparison) -> tuple[str, Image.Image, str]:
+    """The per-step view of a comparison: (the line above the picture, the picture, the animation's HTML).
+
+    Raster: both runs' heat maps on one stated colour scale, and the filling animation. Next-scale
+    (VAR): one forward draws a whole scale, so no token-by-token view exists: which model drew
+    each scale, in words and as ``scale_maps``, and no animation.
+    """
+    if "scales" in c.stats:
+        s = c.stats
+        runs = [(f"{label}: {s[key]['forward_passes']} forwards", s[key]["scale_models"])
+                for label, key in ((BASELINE, BASELINE), (c.request.method, "accelerated"))]  # fmt: skip
+        return scales_markdown(c), scale_maps(runs, s["scales"]), ""
+    runs = [(BASELINE, c.baseline), (c.request.method, c.accelerated)]
+    forwards = [out.generate_output.token_forward_index[0].numpy() for _, out in runs]
+    last = max(int(f.max()) for f in forwards)
+    longest = runs[max(range(len(runs)), key=lambda i: int(forwards[i].max()))][0]
+    scale = (
+        f"Both maps use one colour scale: forward 0 (dark) to forward {last} (bright), "
+        f"the last forward of `{longest}`."
+    )
+    titled = [
+        (f"{label}: {out.num_forward_passes} forwards", f)
+        for (label, out), f in zip(runs, forwards, strict=True)
+    ]
+    return scale, heat_maps(titled), _gif_html(c)

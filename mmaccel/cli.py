@@ -3,6 +3,7 @@
 Usage::
 
     mmaccel generate-image "a large red circle at the top left on a blue background" --method sjd --out x.png
+    mmaccel generate-image "ankle boot" --model fashion-var --method code --out boot.png
     mmaccel eval latency --methods ar,sjd,sjd-coupled:init=vertical
     mmaccel eval compare --methods ar,sjd,sjd-coupled --prompts 200      (also: fid, accuracy; see mmaccel eval -h)
     mmaccel methods | models
@@ -41,6 +42,8 @@ def _generate_image(args: argparse.Namespace) -> int:
         options["window"] = args.window
     if args.init is not None:
         options["init"] = args.init
+    if args.draft_scales is not None:
+        options["draft_scales"] = args.draft_scales
     try:
         out = generate_image(args.prompt, args.method, model=args.model, seed=args.seed,
                              guidance_scale=args.guidance_scale, temperature=args.temperature, top_k=args.top_k,
@@ -57,6 +60,9 @@ def _generate_image(args: argparse.Namespace) -> int:
     config = out.generate_output.method
     # the window that ran: with window="auto" the number chosen, which --window pins next time
     ran = f", window {config.window}" if "window" in OPTIONS.get(config.name, ()) else ""
+    if getattr(config, "draft_scales", None) is not None:  # CoDe on a next-scale pair: who drew what
+        forwards = out.generate_output.extras["forwards"]
+        ran = f", draft_scales {config.draft_scales}: drafter {forwards['drafter']}, refiner {forwards['refiner']}"
     print(f"saved {path.resolve()}  ({args.method}{ran}: {out.num_forward_passes} forward passes for "
           f"{out.num_tokens} tokens, {out.latency_s:.2f} s)")  # fmt: skip
     return 0
@@ -92,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         "at the first call and use the count with the most tokens per second)",
     )
     gen.add_argument("--init", default=None, help="random | horizontal | vertical")
+    gen.add_argument("--draft-scales", type=int, default=None,
+                     help="method code on a next-scale (VAR) pair: scales drawn by the large model (default: the model's)")  # fmt: skip
     gen.add_argument("--option", action="append", default=[], help="extra method option key=value")
     gen.add_argument("--scale", type=int, default=4, help="upscale the saved image by this factor (nearest)")
     sub.add_parser("eval", help=f"evaluation commands: {', '.join(EVAL_COMMANDS)} (mmaccel eval -h)")

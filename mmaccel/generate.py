@@ -214,7 +214,9 @@ def generate(
     if not isinstance(do_sample, bool):
         raise ValueError(f"do_sample must be True or False, got {do_sample!r}")
     _check_sampling(max_new_tokens, temperature, top_k, top_p, cfg_scale)
-    if streamer is not None and not (callable(getattr(streamer, "put", None)) and callable(getattr(streamer, "end", None))):
+    if streamer is not None and not (
+        callable(getattr(streamer, "put", None)) and callable(getattr(streamer, "end", None))
+    ):
         raise TypeError(f"streamer must have put(tensor) and end() methods (like transformers' TextStreamer), "
                         f"got {type(streamer).__name__}")  # fmt: skip
     if compile not in MODES:
@@ -334,7 +336,9 @@ def _decode(
     ones_B = torch.ones(B, dtype=torch.long, device=device)
     done_B = ones_B >= max_new_tokens
     done_B |= is_eos(first_B, eos_ids)
-    ctx = DraftContext(lm.vocab_size, grid_width, generator, history_BN, ones_B.clone())
+    ctx = DraftContext(
+        lm.vocab_size, grid_width, generator, history_BN, ones_B.clone(), ids_BT[:B], lens_B[:B]
+    )
     draft = drafter.start(ctx, first_B) if zipar is None else NoDraft().start(ctx, first_B)
     # a step emits at most one block's worth of tokens per row
     state = DecodeState(first_B.clone(), ctx.num_generated_B, done_B, ones_B.clone(),
@@ -391,7 +395,9 @@ def _decode(
     # as transformers: the call ends when every row has stopped, so the output ends at the longest row
     width = max(done_gen[B:]) if eos_ids else max_new_tokens
     new_BN = ctx.history_BN[:, :width]
-    new_BN = torch.where(torch.arange(width, device=device)[None] < state.num_generated_B[:, None], new_BN, pad)
+    new_BN = torch.where(
+        torch.arange(width, device=device)[None] < state.num_generated_B[:, None], new_BN, pad
+    )
     new_BN = new_BN.cpu()
     sequences = torch.cat([input_ids.cpu(), new_BN.to(input_ids.dtype)], dim=1)
     return GenerateOutput(

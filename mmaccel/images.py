@@ -225,6 +225,14 @@ def generate_image(
     )
 
 
+def draft_scales_of(config: CoDeConfig, model: NextScaleImageModel) -> int:
+    """The scales the large model of ``model`` draws under ``config``: its ``draft_scales``, or
+    when that is None (and the model ships no default) half of the scales, rounded up."""
+    if config.draft_scales is not None:
+        return config.draft_scales
+    return (len(model.var.patch_nums) + 1) // 2
+
+
 def _generate_scales(
     model: NextScaleImageModel,
     prompts: list[str],
@@ -257,7 +265,7 @@ def _generate_scales(
         if model.refiner is None:
             raise ValueError(f"method 'code' needs a refiner (the small model of a VAR pair); model {model.name!r} "
                              "has none; use method='ar'")  # fmt: skip
-        draft_scales = config.draft_scales if config.draft_scales is not None else (S + 1) // 2
+        draft_scales = draft_scales_of(config, model)
         if not 1 <= draft_scales <= S - 1:
             raise ValueError(f"draft_scales must be in 1..{S - 1} (model {model.name!r} has {S} scales), "
                              f"got {draft_scales}")  # fmt: skip

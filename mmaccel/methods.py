@@ -15,7 +15,7 @@ import torch
 
 from mmaccel.acceptors import Acceptor, ExactMatch, LanternAcceptor, SJDAcceptor, neighbour_table
 from mmaccel.acceptors.lantern import RULES
-from mmaccel.drafters import INITS, Drafter, JacobiDrafter, NoDraft
+from mmaccel.drafters import INITS, Drafter, JacobiDrafter, NoDraft, PromptLookupDrafter
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,21 @@ class ZipARConfig(LanternConfig):
 
 
 @dataclass(frozen=True)
+class PromptLookupConfig(JacobiConfig):
+    """Prompt-lookup drafts for text (``mmaccel.drafters.prompt_lookup``), verified by speculative
+    sampling (one-hot drafts: kept with probability p(x); greedy: kept iff the argmax); lossless.
+
+    ``window``: drafts per step (copied tokens), or ``"auto"``. ``ngram_max`` / ``ngram_min``:
+    the longest and shortest suffix n-gram looked up in the prompt and the text so far.
+    """
+
+    name: str = "prompt-lookup"
+    window: int | str = "auto"
+    ngram_max: int = 3
+    ngram_min: int = 1
+
+
+@dataclass(frozen=True)
 class CoDeConfig:
     """Collaborative decoding of a next-scale (VAR) model pair (CoDe, arXiv 2411.17787).
 
@@ -93,7 +108,7 @@ class CoDeConfig:
 
 MethodConfig = ARConfig | JacobiConfig | CoDeConfig
 # methods whose output is distributed exactly as plain sampling from the target
-LOSSLESS = frozenset({"ar", "jacobi", "sjd", "sjd-coupled"})
+LOSSLESS = frozenset({"ar", "jacobi", "sjd", "sjd-coupled", "prompt-lookup"})
 LANTERN_DEFAULT_DELTA = 0.1  # the budget when neither lantern_delta nor lantern_lambda is given
 ZIPAR_ACCEPTORS = {"zipar": "sjd", "zipar+sjd": "sjd", "zipar+lantern": "lantern"}
 
@@ -106,6 +121,7 @@ METHODS: dict[str, type] = {
     "zipar": ZipARConfig,
     "zipar+sjd": ZipARConfig,
     "zipar+lantern": ZipARConfig,
+    "prompt-lookup": PromptLookupConfig,
     "code": CoDeConfig,
 }
 # methods that decode raster (next-token) models, and those that decode next-scale (VAR) models
@@ -121,6 +137,8 @@ DESCRIPTIONS: dict[str, str] = {
     "zipar": "ZipAR (arXiv 2412.04062): rows start once the row above has zipar_window tokens; lossy",
     "zipar+sjd": "ZipAR with an SJD window on every active row, verified in the same forward; lossy",
     "zipar+lantern": "ZipAR with a LANTERN-verified window on every active row; lossy",
+    "prompt-lookup": "text: copy what followed the latest earlier occurrence of the last ngram_max..ngram_min "
+    "tokens (prompt lookup decoding), verified by speculative sampling; lossless",
     "code": "collaborative decoding (CoDe, arXiv 2411.17787) of a next-scale (VAR) pair: the large model draws "
     "the first draft_scales scales, the small one the rest; lossy",
 }
@@ -146,6 +164,7 @@ OPTIONS: dict[str, tuple[str, ...]] = {
     "zipar": ("zipar_window", "grid_width"),
     "zipar+sjd": ("zipar_window",) + _JACOBI_OPTIONS,
     "zipar+lantern": ("zipar_window",) + _JACOBI_OPTIONS + _LANTERN_OPTIONS,
+    "prompt-lookup": ("window", "ngram_max", "ngram_min"),
     "code": ("draft_scales",),
 }
 # Options of which a user gives at most one: naming one drops a model default for the other.
@@ -233,6 +252,13 @@ def _validate(config: MethodConfig) -> None:
             raise ValueError(f"init must be one of {', '.join(INITS)}; got {config.init!r}")
         if config.grid_width is not None and config.grid_width < 1:
             raise ValueError(f"grid_width must be >= 1, got {config.grid_width!r}")
+    if isinstance(config, PromptLookupConfig):
+        for name in ("ngram_max", "ngram_min"):
+            value = getattr(config, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if config.ngram_min > config.ngram_max:
+            raise ValueError(f"ngram_min ({config.ngram_min}) must be <= ngram_max ({config.ngram_max})")
     if isinstance(config, ZipARConfig):
         if not isinstance(config.zipar_window, int) or config.zipar_window < 1:
             raise ValueError(f"zipar_window must be an integer >= 1, got {config.zipar_window!r}")
@@ -277,6 +303,8 @@ def build(config: MethodConfig, lm: Any = None) -> tuple[Drafter, Acceptor]:
     if isinstance(config, JacobiConfig) and not isinstance(config, ZipARConfig) and config.window == 0:
         # no drafts: every acceptor then samples p at the pending position, which is plain decoding
         return NoDraft(), ExactMatch()
+    if isinstance(config, PromptLookupConfig):
+        return PromptLookupDrafter(config.window, config.ngram_max, config.ngram_min), SJDAcceptor()
     if isinstance(config, ZipARConfig):
         drafter = (
             NoDraft()

@@ -55,15 +55,74 @@ def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
-    """Nucleus filter: keep the smallest top set whose probability reaches ``p``."""
+    """Nucleus filter: keep the smallest top set whose probability reaches ``p``, with every
+    token tied with its least likely member (the set is then independent of how ties sort).
+
+    Vocabularies above ``_RADIX_MIN_VOCAB`` take ``top_p_filter_radix`` (a full-vocabulary sort at
+    every position of a verify block cost more than the model's forward); smaller ones take
+    ``top_p_filter_sorted``, which is faster there. Both keep the same set."""
+    if logits.shape[-1] > _RADIX_MIN_VOCAB:
+        return top_p_filter_radix(logits, p)
+    return top_p_filter_sorted(logits, p)
+
+
+def top_p_filter_radix(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """``top_p_filter`` without a sort: the threshold is found by a radix select on the float32
+    bit patterns of the logits, ``_RADIX_BITS`` at a time, each pass a probability histogram of
+    the candidates left. Exactly ``top_p_filter_sorted``'s kept set, up to the rounding of the
+    cumulative mass at the boundary (both sum float64 masses from the top, in different groupings)."""
     if p >= 1.0:
         return logits
-    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-    cum = sorted_logits.softmax(-1).cumsum(-1)
-    # drop a token when the mass strictly before it already reaches p (the top token always stays)
-    drop_sorted = (cum - sorted_logits.softmax(-1)) >= p
-    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-    return logits.masked_fill(drop, float("-inf"))
+    x_NV = logits.float().reshape(-1, logits.shape[-1])
+    probs_NV = x_NV.softmax(-1, dtype=torch.float64)  # masses in float64: see top_p_filter_sorted
+    key_NV = _order_key(x_NV)
+    ukey_NV = key_NV.long() + (1 << 31)  # unsigned order, where digits are plain bit fields
+    N = x_NV.shape[0]
+    prefix_N = torch.zeros(N, dtype=torch.int64, device=logits.device)  # key bits decided so far
+    above_N = torch.zeros(N, dtype=probs_NV.dtype, device=logits.device)  # mass of keys above the prefix
+    mass_NV = probs_NV
+    shift = 32
+    for bits in _RADIX_BITS:
+        shift -= bits
+        digit_NV = (ukey_NV >> shift) & ((1 << bits) - 1)
+        hist_ND = torch.zeros(N, 1 << bits, dtype=probs_NV.dtype, device=logits.device)
+        hist_ND.scatter_add_(1, digit_NV, mass_NV)
+        # reach[d]: mass of every key whose digit here is >= d (and whose higher digits are the prefix)
+        reach_ND = above_N[:, None] + hist_ND.flip(-1).cumsum(-1).flip(-1)
+        d_N = ((reach_ND >= p).sum(-1) - 1).clamp(min=0)  # the largest digit that still reaches p
+        above_N = torch.cat([reach_ND, above_N[:, None]], dim=1).gather(1, (d_N + 1)[:, None])[:, 0]
+        prefix_N = (prefix_N << bits) | d_N
+        mass_NV = torch.where(digit_NV == d_N[:, None], mass_NV, 0.0)
+    # the prefix is the threshold as an unsigned key; back to the signed order of ``key_NV``
+    threshold_N1 = (prefix_N - (1 << 31)).to(torch.int32)[:, None]
+    keep_NV = key_NV >= threshold_N1
+    return logits.masked_fill(~keep_NV.view(logits.shape), float("-inf"))
+
+
+_RADIX_BITS = (11, 11, 10)  # 32 bits in three histogram passes of at most 2048 bins
+# vocabularies up to this size take the sort (measured on 2 CPU cores: [20000, 4, 64] 0.46 s by sort
+# against 24 s by histograms; [40, 1, 4096] 12.6 against 14.3 ms; [1, 17, 49152] 82 against 37 ms)
+_RADIX_MIN_VOCAB = 8192
+
+
+def _order_key(x: torch.Tensor) -> torch.Tensor:
+    """int32 keys ordered (as signed integers) like the float32 values of ``x``; -0.0 counts as
+    +0.0. Negative floats have their magnitude bits flipped, so larger magnitude sorts lower."""
+    b = (x.float() + 0.0).view(torch.int32)
+    return b ^ ((b >> 31) & 0x7FFFFFFF)
+
+
+def top_p_filter_sorted(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Reference nucleus filter by a full sort: the tokens down to the first one at which the
+    cumulative probability reaches ``p``, and every token tied with it."""
+    if p >= 1.0:
+        return logits
+    sorted_logits, _ = torch.sort(logits.float(), dim=-1, descending=True)
+    # float64 masses: float32 rounding of a sum near p would make the set depend on summation order
+    cum = sorted_logits.softmax(-1, dtype=torch.float64).cumsum(-1)
+    last = ((cum < p).sum(-1, keepdim=True)).clamp(max=logits.shape[-1] - 1)
+    threshold = sorted_logits.gather(-1, last)
+    return logits.masked_fill(logits.float() < threshold, float("-inf"))
 
 
 def process_logits(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:

@@ -53,6 +53,15 @@ def target_probs(logits_BTV: torch.Tensor, sampling: SamplingConfig) -> torch.Te
     return process_logits(logits_BTV, sampling)
 
 
+def is_eos(tokens: torch.Tensor, eos_ids: tuple[int, ...]) -> torch.Tensor:
+    """Where ``tokens`` is one of ``eos_ids`` (compared one id at a time: no tensor is built from
+    the ids, so a captured step holds no host-to-device copy)."""
+    out = torch.zeros_like(tokens, dtype=torch.bool)
+    for eos in eos_ids:
+        out = out | (tokens == eos)
+    return out
+
+
 def cfg_rows(x_B: torch.Tensor, sampling: SamplingConfig) -> torch.Tensor:
     """Repeat per-row values for the unconditional half of a CFG batch."""
     return torch.cat([x_B, x_B]) if sampling.cfg_scale is not None else x_B
@@ -74,7 +83,7 @@ def verify_step(
     state: DecodeState,
     ctx: DraftContext,
     max_new_tokens: int,
-    eos_token_id: int | None,
+    eos_ids: tuple[int, ...],
     draws_N: torch.Tensor,  # [plan size] U[0, 1), cut by ``step_draws``
 ) -> None:
     """One verify step for all rows, in place on ``cache``, ``state`` and ``ctx.history_BN``.
@@ -98,8 +107,8 @@ def verify_step(
     )
     count_B = torch.minimum(acc.num_accepted_B + 1, max_new_tokens - state.num_generated_B)
     hit_eos_B = torch.zeros_like(state.done_B)
-    if eos_token_id is not None:
-        is_eos_BT = (emitted_BT == eos_token_id) & (arange_T < count_B[:, None])
+    if eos_ids:
+        is_eos_BT = is_eos(emitted_BT, eos_ids) & (arange_T < count_B[:, None])
         hit_eos_B = is_eos_BT.any(1)
         count_B = torch.where(hit_eos_B, is_eos_BT.int().argmax(1) + 1, count_B)
     was_done_B = state.done_B.clone()

@@ -101,3 +101,32 @@ def random_t2i_model(cell_map: int = 0, cell_embed_std: float = 0.5, blind: bool
         if blind:
             model.gpt.cls_embedding.cap_proj.fc2.weight.zero_()
     return model
+
+
+def tiny_var_pair(default_guidance: float = 2.5, draft_scales: int | None = 3):
+    """A small random VAR pair standing in for fashion-var: large (depth 2) and small (depth 1)
+    VARs over a 4-scale (1, 2, 3, 4) VQ-VAE of 64 codes, 8x8 grayscale images, float32."""
+    from dataclasses import replace
+
+    from mmaccel.image_ar.var import VAR, VQVAE, VARConfig, VQVAEConfig
+    from mmaccel.image_ar.var.fashion_model import FashionVARPair
+
+    patch_nums = (1, 2, 3, 4)
+    vae_cfg = VQVAEConfig(vocab_size=64, z_channels=8, ch=16, ch_mult=(1, 2), num_res_blocks=1, norm_groups=8,
+                          in_channels=1, patch_nums=patch_nums)  # fmt: skip
+    var_cfg = VARConfig(depth=2, embed_dim=64, num_heads=4, num_classes=10, vocab_size=64, Cvae=8,
+                        patch_nums=patch_nums)  # fmt: skip
+
+    def randomised(model, seed):
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if not name.endswith("scale_mul_1H11"):
+                    p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+        return model.eval()
+
+    large = randomised(VAR(var_cfg), seed=1)
+    small = randomised(VAR(replace(var_cfg, depth=1, embed_dim=32, num_heads=2)), seed=2)
+    defaults = {"code": {"draft_scales": draft_scales}} if draft_scales is not None else {}
+    return FashionVARPair(large, small, randomised(VQVAE(vae_cfg), seed=0), default_guidance=default_guidance,
+                          method_defaults=defaults)  # fmt: skip

@@ -26,6 +26,7 @@ METHOD_OPTIONS = {
     "sjd": ("sjd", dict(window=3, init="random")),
     "sjd-vertical": ("sjd", dict(window=3, init="vertical", grid_width=2)),
     "sjd-coupled": ("sjd-coupled", dict(window=2, init="horizontal")),
+    "prompt-lookup": ("prompt-lookup", dict(window=3, ngram_max=2)),
 }
 
 
@@ -83,6 +84,7 @@ def test_sampled_distribution_matches_autoregressive(family, method, setting, re
         name,
         max_new_tokens=NEW,
         seed=1234,
+        do_sample=True,  # a transformers model decodes greedily unless told (as transformers does)
         **SETTINGS[setting],
         **options,
     )

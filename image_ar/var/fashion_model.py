@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mmaccel.image_ar.fashion.data import class_index
+from mmaccel.image_ar.fashion.data import CLASS_NAMES, class_index
 from mmaccel.image_ar.var.fashion_vq import WEIGHTS as VQ_WEIGHTS
 from mmaccel.image_ar.var.fashion_vq import load_fashion_vqvae, to_uint8
 from mmaccel.image_ar.var.model import VAR
@@ -42,6 +42,7 @@ class FashionVARPair:
     """
 
     name = NAME
+    class_names = CLASS_NAMES  # the prompts it understands
 
     def __init__(
         self,

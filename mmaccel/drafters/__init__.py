@@ -2,5 +2,6 @@
 
 from mmaccel.drafters.base import Draft, DraftContext, Drafter, NoDraft
 from mmaccel.drafters.jacobi import INITS, JacobiDrafter
+from mmaccel.drafters.prompt_lookup import PromptLookupDrafter
 
-__all__ = ["INITS", "Draft", "DraftContext", "Drafter", "JacobiDrafter", "NoDraft"]
+__all__ = ["INITS", "Draft", "DraftContext", "Drafter", "JacobiDrafter", "NoDraft", "PromptLookupDrafter"]

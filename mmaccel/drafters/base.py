@@ -23,13 +23,17 @@ from mmaccel.sampling import Draws, Shapes
 @dataclass
 class DraftContext:
     """What a drafter may read. ``history_BN[b, :num_generated_B[b]]`` are row b's generated
-    tokens so far, the pending token last; the next window starts at index ``num_generated_B``."""
+    tokens so far, the pending token last; the next window starts at index ``num_generated_B``.
+    ``prompt_BP[b, :prompt_len_B[b]]``: row b's prompt (real tokens only), for drafters that
+    copy from it (None where the caller has none to give)."""
 
     vocab_size: int
     grid_width: int | None
     generator: torch.Generator | None
     history_BN: torch.Tensor
     num_generated_B: torch.Tensor
+    prompt_BP: torch.Tensor | None = None
+    prompt_len_B: torch.Tensor | None = None
 
 
 @dataclass

@@ -37,6 +37,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "prompt accuracy of methods (or of an image folder)",
     ),
     "t2i": ("mmaccel.eval.compare", "main", "alias of compare (the former text-to-image benchmark)"),
+    "text": ("mmaccel.eval.text", "main", "text LM decoding vs ar and transformers generate (SmolLM2)"),
 }
 
 
