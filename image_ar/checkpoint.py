@@ -8,6 +8,7 @@ what it finds; exported weights must be readable by whoever the umask says may r
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import re
@@ -48,6 +49,18 @@ def save_safetensors(
 
     save_file(dict(tensors), str(path), metadata=dict(metadata) if metadata is not None else None)
     os.chmod(path, 0o666 & ~_umask())
+
+
+def export_fp16(
+    tensors: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: Mapping[str, str], record: Any
+) -> None:
+    """What a trainer ships: ``tensors`` as safetensors at ``path`` (floating ones in fp16, integer
+    ones as they are), ``metadata`` in its header, and ``record`` as json beside it (``.json``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sd = {k: (v.detach().half() if v.is_floating_point() else v).contiguous() for k, v in tensors.items()}
+    save_safetensors(sd, path, metadata)
+    path.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
 
 
 def read_checkpoint(path: str | os.PathLike, safe_globals: tuple = ()) -> Any:

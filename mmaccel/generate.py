@@ -22,13 +22,13 @@ from mmaccel.compiled import MODES, CompiledStep, record_compiled, record_eager,
 from mmaccel.drafters import DraftContext, NoDraft
 from mmaccel.hf import StreamFeed, generation_defaults, refuse_unsupported
 from mmaccel.methods import (
-    NOT_RASTER,
     OPTIONS,
     CoDeConfig,
     JacobiConfig,
     MethodConfig,
     ZipARConfig,
     build,
+    not_raster,
     resolve_method,
 )
 from mmaccel.models import CausalLM, as_causal_lm, device_of, weights_id
@@ -116,7 +116,9 @@ def _with_defaults(user: dict[str, Any], lm: CausalLM, prompt_T: int) -> dict[st
 def _eos_ids(eos: Any) -> tuple[int, ...]:
     if eos is None:
         return ()
-    ids = [eos] if isinstance(eos, int | torch.Tensor) and torch.tensor(eos).dim() == 0 else list(eos)
+    if isinstance(eos, torch.Tensor):
+        eos = eos.tolist()
+    ids = [eos] if isinstance(eos, int) else eos
     try:
         return tuple(int(i) for i in ids)
     except (TypeError, ValueError):
@@ -202,7 +204,7 @@ def generate(
     refuse_unsupported(method_options, frozenset(o for opts in OPTIONS.values() for o in opts))
     config = resolve_method(method, method_options)
     if isinstance(config, CoDeConfig):
-        raise ValueError(NOT_RASTER)
+        raise ValueError(not_raster())
     _check_ids("input_ids", input_ids, attention_mask)
     lm = as_causal_lm(model)
     eos_given = eos_token_id is not None

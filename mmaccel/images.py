@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from mmaccel.generate import GenerateOutput, _check_sampling, generate
-from mmaccel.methods import NEXT_SCALE_METHODS, NOT_RASTER, CoDeConfig, MethodConfig, resolve_method
+from mmaccel.methods import NEXT_SCALE_METHODS, CoDeConfig, MethodConfig, not_raster, resolve_method
 from mmaccel.models import CausalLM
 
 log = logging.getLogger(__name__)
@@ -189,7 +189,7 @@ def generate_image(
     if not isinstance(image_model, ImageModel):
         raise TypeError(f"model must be a model name or an mmaccel ImageModel, got {type(model).__name__}")
     if method == "code" or isinstance(method, CoDeConfig):
-        raise ValueError(NOT_RASTER.replace("this (next-token) model", f"model {image_model.name!r}"))
+        raise ValueError(not_raster(image_model.name))
     # the method as configured for this model: its shipped best options, under the user's
     config = resolve_method(method, method_options, model=image_model)
     scale = image_model.default_guidance if guidance_scale is None else float(guidance_scale)
@@ -294,7 +294,7 @@ def _generate_scales(
         accepted_histogram=histogram,
         latency_s=out.latency_s,
         method=config,
-        extras={"forwards": out.forwards, "peak_cache_mb": out.peak_cache_mb, "f_hat": out.f_hat},
+        extras={"forwards": out.forwards, "f_hat": out.f_hat},
     )
     return ImageOutput(images, out.num_forward_passes, model.num_image_tokens, time.perf_counter() - t0, tokens_BN,
                        gen, out.peak_cache_mb)  # fmt: skip

@@ -144,11 +144,14 @@ DESCRIPTIONS: dict[str, str] = {
 }
 
 
-NOT_RASTER = (
-    "method 'code' (collaborative decoding) runs on a next-scale (VAR) model pair, e.g. "
-    "mmaccel.generate_image('sneaker', model='fashion-var', method='code'); on this (next-token) model use "
-    "one of: " + ", ".join(m for m in METHODS if m != "code")
-)
+def not_raster(model_name: str | None = None) -> str:
+    """The error of method ``code`` on a next-token model (``model_name``: the model's, if known)."""
+    model = f"model {model_name!r}" if model_name else "this (next-token) model"
+    return (
+        "method 'code' (collaborative decoding) runs on a next-scale (VAR) model pair, e.g. "
+        f"mmaccel.generate_image('sneaker', model='fashion-var', method='code'); on {model} use one of: "
+        + ", ".join(m for m in METHODS if m != "code")
+    )
 
 
 # Options each method reads (the rest of its config class's fields would be ignored, so they
@@ -297,7 +300,7 @@ def build(config: MethodConfig, lm: Any = None) -> tuple[Drafter, Acceptor]:
     if isinstance(config, ARConfig):
         return NoDraft(), ExactMatch()
     if isinstance(config, CoDeConfig):
-        raise ValueError(NOT_RASTER)
+        raise ValueError(not_raster())
     if isinstance(config, JacobiConfig) and config.window == "auto":
         raise ValueError("window='auto' is chosen by mmaccel.generate; build() needs a number")
     if isinstance(config, JacobiConfig) and not isinstance(config, ZipARConfig) and config.window == 0:

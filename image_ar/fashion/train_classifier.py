@@ -35,7 +35,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from mmaccel.image_ar.checkpoint import save_atomic, save_safetensors
+from mmaccel.image_ar.checkpoint import export_fp16, save_atomic
 from mmaccel.image_ar.fashion.classifier import (
     NAME,
     WEIGHTS,
@@ -216,11 +216,9 @@ def train(
 
 def export(net: FashionNet, path: Path, record: dict[str, Any]) -> None:
     """fp16 safetensors (config in the metadata) + ``record`` as json beside them."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.half().contiguous() for k, v in net.state_dict().items() if v.is_floating_point()}
     # BatchNorm's num_batches_tracked (int64) is a training counter, unused in eval: not shipped
-    save_safetensors(tensors, path, weights_metadata(net.config))
-    path.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    tensors = {k: v for k, v in net.state_dict().items() if v.is_floating_point()}
+    export_fp16(tensors, path, weights_metadata(net.config), record)
 
 
 def _shown(path: Path) -> str:

@@ -47,7 +47,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from mmaccel.image_ar.checkpoint import save_atomic, save_safetensors
+from mmaccel.image_ar.checkpoint import export_fp16, save_atomic
 from mmaccel.image_ar.recipe import add_config_args, config_from_args
 from mmaccel.image_ar.schedule import batch_indices, lr_at
 from mmaccel.image_ar.var.config import VARConfig, VQVAEConfig, check_compatible
@@ -275,14 +275,10 @@ def train(
 
 
 def export(model: VAR, path: str | os.PathLike, record: dict[str, Any], name: str) -> None:
-    """fp16 safetensors in the official key layout (config in the metadata) + ``record`` as json."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # floats to fp16; the integer level ids (lvl_1L) stay integers
-    sd = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items()}
+    """fp16 safetensors in the official key layout (config in the metadata; the integer level ids
+    ``lvl_1L`` stay integers) + ``record`` as json."""
     meta = {"format": "pt", "name": name, "var_config": json.dumps(config_to_dict(model.cfg))}
-    save_safetensors(sd, path, meta)
-    path.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    export_fp16(model.state_dict(), path, meta, record)
 
 
 def read_config(path: str | os.PathLike) -> VARConfig:

@@ -49,7 +49,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from mmaccel.image_ar.checkpoint import save_atomic, save_safetensors
+from mmaccel.image_ar.checkpoint import export_fp16, save_atomic
 from mmaccel.image_ar.recipe import add_config_args, config_from_args
 from mmaccel.image_ar.schedule import batch_indices, lr_at
 from mmaccel.image_ar.var.config import VQVAEConfig
@@ -281,12 +281,8 @@ def train(
 
 def export(model: VQVAE, path: str | os.PathLike, record: dict[str, Any]) -> None:
     """fp16 safetensors in the official key layout (config in the metadata) + ``record`` as json."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sd = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
     meta = {"format": "pt", "name": "fashion_vqvae", "vqvae_config": json.dumps(config_to_dict(model.cfg))}
-    save_safetensors(sd, path, meta)
-    path.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    export_fp16(model.state_dict(), path, meta, record)
 
 
 def evaluate_export(
