@@ -3,16 +3,17 @@
     python -m demos.app --port 7860            # http://127.0.0.1:7860
 
 Owns: the page (a model picker of the installed models that load, see ``demos.models``: the
-embedded raster text-to-image model ``shapes-t2i`` by default, and the next-scale (VAR) pair
-``fashion-var`` whose prompts are class names, offered as a list; a model whose weights are
-missing is left out with a note saying why; a prompt; a method picker showing only the methods
+embedded raster text-to-image model ``shapes-t2i`` by default, the next-scale (VAR) pair
+``fashion-var`` and the masked-set (MAR) pair ``fashion-mar``, whose prompts are class names,
+offered as a list; a model whose weights are missing is left out with a note saying why; a prompt; a method picker showing only the methods
 that run on the model, each with only the options it reads, filled with the library's defaults
 for that model, see ``demos.inputs`` and ``demos.fields``; a seed), turning bad input into one
-readable message, the comparison (both images, forward passes (per model on a VAR pair), the
-median wall-clock of timed repeats, the peak K/V cache on a VAR pair; see ``demos.report``),
-the per-step view (raster: which tokens each forward accepted; VAR: which model drew each
-scale; ``demos.visualize``), the ``generate`` API endpoint for ``gradio_client`` (prompt,
-method, seed, model = ``shapes-t2i``) -> (ar image, method image, statistics), the bounded
+readable message, the comparison (both images, forward passes (per model on a VAR or MAR pair),
+the median wall-clock of timed repeats, the peak K/V cache on a VAR pair, the acceptance rate on
+a MAR pair; see ``demos.report``), the per-step view (raster: which tokens each forward accepted;
+VAR: which model drew each scale; MAR: what each target forward revealed; ``demos.visualize``),
+the ``generate`` API endpoint for ``gradio_client`` (prompt, method, seed, model = ``shapes-t2i``,
+``fashion-var``, ``fashion-mar``, ...) -> (ar image, method image, statistics), the bounded
 request queue, and this command line.
 
 Must never: decode tokens itself (everything goes through ``mmaccel.generate_image``), put a
@@ -49,6 +50,7 @@ from demos.models import (
     describe,
     example_prompt,
     first_method,
+    is_masked_set,
     is_next_scale,
     load_catalogue,
     offered_methods,
@@ -87,10 +89,25 @@ PER_SCALE = (
     "so there is no token-by-token view: each square is one scale, split into its tokens and coloured "
     "by the model that drew it."
 )
+PER_VERIFY = (
+    "**Per-forward view.** A masked-set model reveals its tokens in sets of a random order, so the view "
+    "shows what each forward of the target revealed: each box is one target forward, as wide as the tokens "
+    "it revealed; under `cspd` the part of a checked block kept from the draft model is shaded."
+)
+
+
+def _view_note(model: Any) -> str:
+    return PER_SCALE if is_next_scale(model) else PER_VERIFY if is_masked_set(model) else PER_STEP
 
 
 def _model_label(model: Any) -> str:
-    kind = "next-scale (VAR), prompts are class names" if is_next_scale(model) else "text-to-image"
+    kind = (
+        "next-scale (VAR), prompts are class names"
+        if is_next_scale(model)
+        else "masked-set (MAR), prompts are class names"
+        if is_masked_set(model)
+        else "text-to-image"
+    )
     return f"{model.name} ({kind})"
 
 
@@ -106,7 +123,12 @@ def _prompt_info(model: Any) -> str:
 
 
 def _run_label(out: Any, label: str) -> str:
-    forwards = out.generate_output.extras.get("forwards", {})  # next-scale runs: per model role
+    # next-scale and masked-set runs count forwards per model role
+    forwards = out.generate_output.extras.get("forwards", {})
+    if "draft" in forwards:
+        return (
+            f"{label} ({forwards['target']} forward passes of the target, {forwards['draft']} of the draft)"
+        )
     if {"drafter", "refiner"} <= set(forwards):
         return (
             f"{label} ({out.num_forward_passes} forward passes: {forwards['drafter']} large model, "
@@ -224,7 +246,7 @@ def build_demo(model: Any = None, repeats: int = REPEATS, budget_s: float = BUDG
                     ar_image = _image(BASELINE, "ar-image")
                     method_image = _image("method", "method-image")
                 summary = gr.Markdown(elem_id="summary")
-                view_note = gr.Markdown(PER_SCALE if is_next_scale(m0) else PER_STEP, elem_id="view-note")
+                view_note = gr.Markdown(_view_note(m0), elem_id="view-note")
                 heat_scale = gr.Markdown(elem_id="heat-scale")
                 heat = _image("the per-step view of both runs", "heat", show_label=False)
                 gif = gr.HTML(elem_id="filling")
@@ -273,7 +295,7 @@ def build_demo(model: Any = None, repeats: int = REPEATS, budget_s: float = BUDG
                 gr.update(choices=offered_methods(image_model), value=name),
                 about_markdown(name, image_model),
                 *option_updates(name, image_model),
-                PER_SCALE if is_next_scale(image_model) else PER_STEP,
+                _view_note(image_model),
                 *cleared(IDLE),
             )
 

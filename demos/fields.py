@@ -3,7 +3,8 @@
 Owns: the field of each option (``demos.inputs.method_options``): a drop-down for a choice, a
 drop-down that also takes a typed number for an option with a keyword (``window``: ``auto``),
 a checkbox, or a number box labelled with its range on the model in use (``draft_scales``:
-1 to the model's scales - 1), each filled with the value the method runs with on that model
+1 to the model's scales - 1; ``num_iter`` and ``gamma``: 1 to a MAR model's tokens) or with its
+note (``cspd_kappa``: lossy), each filled with the value the method runs with on that model
 (``demos.inputs.page_defaults``) and a help line saying where that value comes from; and the
 update of every field when the method or the model changes (shown only for a method that
 reads it).
@@ -36,7 +37,10 @@ def _value(spec: OptionSpec, method: str, model: Any) -> Any:
 
 
 def _label(spec: OptionSpec) -> str:
-    """The field's label, with the range it takes (on the model in use)."""
+    """The field's label, with the range it takes (on the model in use), or its note where the
+    range alone would mislead (``cspd_kappa (lossy; ...)``)."""
+    if spec.note:
+        return f"{spec.name} ({spec.note})"
     lo, hi = spec.bounds or (None, None)
     if spec.keywords:
         lo, hi = spec.bounds or (0, math.inf)

@@ -2,8 +2,10 @@
 
 Owns: ``method_options`` (every option a registered method reads, per
 ``mmaccel.methods.OPTIONS``, with its type, choices, range (for a model, the range valid on it:
-``draft_scales`` 1 .. its scales - 1), the words it takes instead of a number
-(``window="auto"``) and help; the model declares ``grid_width`` so the page never offers it),
+``draft_scales`` 1 .. its scales - 1, ``num_iter`` and ``gamma`` 1 .. its tokens), the words it
+takes instead of a number (``window="auto"``), a note for its label where the range alone says
+too little (``cspd_kappa`` is lossy) and help; the model declares ``grid_width`` so the page
+never offers it),
 ``page_defaults`` (what each option of a method runs with when the user names none, from
 ``mmaccel.methods.method_defaults``: the one source of defaults for the page, the API and the
 CLI), ``check_request`` (prompt, method or method spec, options, seed, model -> a ``Request``,
@@ -29,15 +31,18 @@ from typing import Any
 from demos.models import (
     classes,
     example_prompt,
+    is_class_conditional,
+    is_masked_set,
     is_next_scale,
     patch_nums,
+    resolve_for,
     runnable_methods,
 )
 from mmaccel.acceptors.lantern import RULES
 from mmaccel.drafters import INITS
 from mmaccel.eval.common import parse_method_spec
 from mmaccel.images import draft_scales_of
-from mmaccel.methods import METHODS, OPTIONS, method_defaults, model_method_defaults, resolve_method
+from mmaccel.methods import MASKED_SET_METHODS, METHODS, OPTIONS, method_defaults, model_method_defaults
 from mmaccel.window import TIMED
 
 # The grammar's longest caption is about 110 characters; a longer prompt is refused, never cut.
@@ -62,6 +67,15 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "lantern_lambda": (1, math.inf),
     # on a given model: 1 .. its scales - 1 (``method_options(model)``), both models draw a scale
     "draft_scales": (1, math.inf),
+    # on a given model: 1 .. its tokens (``method_options(model)``): each step reveals at least one
+    "gamma": (1, math.inf),
+    "num_iter": (1, math.inf),
+    "prefill_ratio": (0, 1),  # 1 itself is refused by the library: no step would be left to draft
+}
+# What a label says instead of the range, where the range alone would mislead.
+NOTES: dict[str, str] = {
+    "prefill_ratio": "0 up to, not including, 1",
+    "cspd_kappa": "lossy; above 0, or empty",
 }
 HELP: dict[str, str] = {
     "window": "draft tokens verified per forward (0: none); auto: the number giving the most tokens "
@@ -75,6 +89,11 @@ HELP: dict[str, str] = {
     "paper: the published per-draft rule, faster, bound not guaranteed",
     "draft_scales": "scales the large model draws (the smallest ones); the small model draws the rest, "
     "so those follow the small model's distribution",
+    "gamma": "steps the draft model runs before the target checks them all in one forward",
+    "prefill_ratio": "share of the steps the target runs alone first, before any drafting",
+    "num_iter": "MAR steps, each revealing a set of tokens (a cosine schedule); fewer steps, fewer forwards",
+    "cspd_kappa": "lossy: softens the acceptance ratio so more draft values are kept, and the image follows the "
+    "draft more than the target; empty: exact acceptance",
 }
 
 
@@ -95,6 +114,7 @@ class OptionSpec:
     keywords: tuple[str, ...] = ()  # words taken instead of a number (window: auto)
     suggested: tuple[int, ...] = ()  # numbers offered beside the keywords; any other may be typed
     help: str = ""
+    note: str = ""  # what the label says instead of the range (``NOTES``)
 
 
 def _option_type(hint: Any) -> tuple[type, bool]:
@@ -116,13 +136,16 @@ def option_names(method: str) -> tuple[str, ...]:
 def _bounds(name: str, model: Any) -> tuple[float, float] | None:
     if name == "draft_scales" and is_next_scale(model):
         return (1, len(patch_nums(model)) - 1)  # mmaccel.images refuses any other number of scales
+    if name in ("gamma", "num_iter") and is_masked_set(model):
+        return (1, model.num_image_tokens)  # at most one step per token (mmaccel.images refuses more)
     return BOUNDS.get(name)
 
 
 def method_options(model: Any = None) -> dict[str, OptionSpec]:
     """Every option some registered method reads, by option name, with the methods that read it.
 
-    ``model``: the model the page runs, whose valid ranges the specs carry (``draft_scales``).
+    ``model``: the model the page runs, whose valid ranges the specs carry (``draft_scales``,
+    ``num_iter``, ``gamma``).
     """
     found: dict[str, tuple[tuple[type, bool], list[str]]] = {}
     for method, config_cls in METHODS.items():
@@ -140,6 +163,7 @@ def method_options(model: Any = None) -> dict[str, OptionSpec]:
             keywords=KEYWORDS.get(name, ()),
             suggested=SUGGESTED.get(name, ()),
             help=HELP.get(name, ""),
+            note=NOTES.get(name, ""),
         )
         for name, ((kind, optional), methods) in found.items()
     }
@@ -159,8 +183,12 @@ def default_note(method: str, option: str, model: Any = None) -> str:
     """``"default for zipar+sjd: 4 (shapes-t2i's tuned setting)"``: the help line under a field."""
     value = page_defaults(method, model)[option]
     if value is None and option == "draft_scales" and is_next_scale(model):
-        drawn = draft_scales_of(resolve_method(method, {}, model=model), model)
+        drawn = draft_scales_of(resolve_for(method, {}, model), model)
         return f"default for {method}: not set, so the large model draws {drawn} of the {len(patch_nums(model))} scales"
+    if value is None and option == "num_iter" and is_masked_set(model):
+        return f"default for {method}: not set, so {getattr(model, 'name', 'the model')}'s {model.default_num_iter} steps"
+    if value is None and option == "cspd_kappa":
+        return f"default for {method}: not set, so the acceptance is exact"
     if value is None:
         return f"default for {method}: not set"
     shown = f"{value:g}" if isinstance(value, float) else str(value)
@@ -229,19 +257,28 @@ def _not_taken(method: str, option: str) -> InputError:
 def not_runnable(method: str, model: Any) -> str:
     """Why ``method`` cannot run on ``model``, and what would."""
     runs = ", ".join(runnable_methods(model))
-    if is_next_scale(model):
-        return (
-            f"Method {method!r} does not run on {model.name}, a next-scale (VAR) model: "
-            f"the methods that run on it are {runs}."
+    if is_next_scale(model) or is_masked_set(model):
+        kind = (
+            "a next-scale (VAR) model"
+            if is_next_scale(model)
+            else "a masked-set (MAR) model of continuous tokens"
         )
+        return (
+            f"Method {method!r} does not run on {model.name}, {kind}: the methods that run on it are {runs}."
+        )
+    pairs = (
+        "masked-set (MAR) model pairs such as fashion-mar"
+        if method in MASKED_SET_METHODS
+        else "next-scale (VAR) model pairs such as fashion-var"
+    )
     return (
         f"Method {method!r} does not run on {model.name}, a next-token (raster) model: {method} runs on "
-        f"next-scale (VAR) model pairs such as fashion-var. The methods that run on {model.name} are {runs}."
+        f"{pairs}. The methods that run on {model.name} are {runs}."
     )
 
 
 def _check_class(prompt: str, model: Any) -> None:
-    """A class-conditional (next-scale) model's own check of a class-name prompt, worded for one prompt."""
+    """A class-conditional (VAR or MAR) model's own check of a class-name prompt, worded for one prompt."""
     try:
         model.labels([prompt])
     except ValueError as err:
@@ -297,10 +334,10 @@ def check_request(
         if value is not None and not at_default:  # left empty or at the default: the library's
             checked[name] = value
     try:
-        resolve_method(spec.name, checked, model=model)
+        resolve_for(spec.name, checked, model)
     except (ValueError, TypeError) as err:
         raise InputError(str(err)) from None
-    if is_next_scale(model):
+    if is_class_conditional(model):
         _check_class(prompt.strip(), model)
     if seed is None or isinstance(seed, bool) or not isinstance(seed, int | float) or not math.isfinite(seed):
         raise InputError(f"The seed must be a whole number from 0 to {MAX_SEED}, got {seed!r}.")

@@ -3,10 +3,11 @@
 Owns: ``Catalogue`` (the loaded models by name, the installed ones that cannot be loaded with
 the reason, the default), ``load_catalogue`` (every model of ``mmaccel.images.available_models``
 that loads; a model whose weights are missing is kept out with its one-line reason, never a
-stack trace), and the facts the page reads off a model: whether it is a next-scale (VAR) model,
-the methods that run on it (next-scale: ``mmaccel.methods.NEXT_SCALE_METHODS``; raster: every
-method but those made for next-scale pairs), its scales, an example prompt and, for a
-class-conditional model, its class names.
+stack trace), and the facts the page reads off a model: whether it is a next-scale (VAR) model
+or a masked-set (MAR) model of continuous tokens, the methods that run on it (next-scale:
+``mmaccel.methods.NEXT_SCALE_METHODS``; masked-set: ``MASKED_SET_METHODS``; raster:
+``RASTER_METHODS``), the method config a request resolves to on it (``resolve_for``), its
+scales, an example prompt and, for a class-conditional model, its class names.
 
 Must never: import gradio or generate anything.
 """
@@ -21,8 +22,15 @@ from typing import Any
 
 import mmaccel
 from mmaccel.image_ar.fashion.data import CLASS_NAMES
-from mmaccel.images import DEFAULT_MODEL, NextScaleImageModel
-from mmaccel.methods import METHODS, NEXT_SCALE_METHODS
+from mmaccel.images import DEFAULT_MODEL, MaskedSetImageModel, NextScaleImageModel
+from mmaccel.methods import (
+    MASKED_SET_METHODS,
+    METHODS,
+    NEXT_SCALE_METHODS,
+    RASTER_METHODS,
+    resolve_masked_method,
+    resolve_method,
+)
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +38,13 @@ BASELINE = "ar"
 EXAMPLE_PROMPT = "a large red circle at the top left on a blue background"
 # The class names the page offers to pick for a class-conditional model (its ``labels`` decides
 # what it accepts: also plurals and the dataset's official names).
-CLASSES: dict[str, tuple[str, ...]] = {"fashion-var": tuple(CLASS_NAMES)}
-EXAMPLES: dict[str, str] = {"shapes-t2i": EXAMPLE_PROMPT, "fashion-var": "sneaker"}
+CLASSES: dict[str, tuple[str, ...]] = {"fashion-var": tuple(CLASS_NAMES), "fashion-mar": tuple(CLASS_NAMES)}
+EXAMPLES: dict[str, str] = {"shapes-t2i": EXAMPLE_PROMPT, "fashion-var": "sneaker", "fashion-mar": "sneaker"}
 # What each model role of a next-scale decode is (``mmaccel.next_scale``: "target" under ar,
 # "drafter" / "refiner" under CoDe).
 ROLE_WORDS = {"target": "large model", "drafter": "large model", "refiner": "small model"}
+# ... and of a masked-set decode (``mmaccel.masked_set``: "target", and "draft" under CSpD).
+MASKED_ROLE_WORDS = {"target": "target model", "draft": "draft model"}
 
 
 def is_next_scale(model: Any) -> bool:
@@ -42,12 +52,33 @@ def is_next_scale(model: Any) -> bool:
     return isinstance(model, NextScaleImageModel)
 
 
+def is_masked_set(model: Any) -> bool:
+    """Whether ``model`` generates continuous tokens in masked sets (MAR)."""
+    return isinstance(model, MaskedSetImageModel)
+
+
+def is_class_conditional(model: Any) -> bool:
+    """Whether ``model`` takes class names (VAR and MAR pairs), checked by its own ``labels``."""
+    return is_next_scale(model) or is_masked_set(model)
+
+
 def runnable_methods(model: Any) -> tuple[str, ...]:
     """Every method that runs on ``model``, the baseline first."""
     if is_next_scale(model):
         return tuple(m for m in METHODS if m in NEXT_SCALE_METHODS)
-    # methods made for next-scale pairs (code) do not decode a raster model; ar decodes both
-    return tuple(m for m in METHODS if m == BASELINE or m not in NEXT_SCALE_METHODS)
+    if is_masked_set(model):
+        return tuple(m for m in METHODS if m in MASKED_SET_METHODS)
+    # methods made for next-scale (code) or masked-set (cspd) pairs do not decode a raster model
+    return tuple(m for m in METHODS if m in RASTER_METHODS)
+
+
+def resolve_for(method: str, options: dict[str, Any], model: Any) -> Any:
+    """The config ``method`` with ``options`` runs with on ``model`` (its shipped defaults under the
+    options): ``mmaccel.methods.resolve_masked_method`` on a masked-set model (``ar`` there takes
+    ``num_iter``), ``resolve_method`` on the others. ValueError/TypeError for a bad option."""
+    if is_masked_set(model):
+        return resolve_masked_method(method, options, model=model, model_name=model.name)
+    return resolve_method(method, options, model=model)
 
 
 def offered_methods(model: Any) -> list[str]:
@@ -56,9 +87,10 @@ def offered_methods(model: Any) -> list[str]:
 
 
 def first_method(model: Any) -> str:
-    """The method picked when ``model`` is chosen: ``sjd`` on a raster model, ``code`` on a VAR pair."""
+    """The method picked when ``model`` is chosen: ``sjd`` on a raster model, ``code`` on a VAR
+    pair, ``cspd`` on a MAR pair."""
     offered = offered_methods(model)
-    return next((m for m in ("sjd", "code") if m in offered), offered[0])
+    return next((m for m in ("sjd", "code", "cspd") if m in offered), offered[0])
 
 
 def patch_nums(model: Any) -> tuple[int, ...]:
@@ -91,6 +123,18 @@ def describe(model: Any) -> str:
         return (
             f"{model.name}: a class-conditional next-scale (VAR) {kind}, {len(pns)} scales from "
             f"{pns[0]}x{pns[0]} to {pns[-1]}x{pns[-1]} tokens ({model.num_image_tokens} in all)"
+        )
+    if is_masked_set(model):
+        kind = (
+            "pair (a target and a smaller draft model)"
+            if getattr(model, "draft", None) is not None
+            else "model"
+        )
+        n, side = model.num_image_tokens, grid_side(model)
+        cells = f"{side}x{side} = {n}" if side * side == n else str(n)
+        return (
+            f"{model.name}: a class-conditional masked-set (MAR) {kind} of continuous tokens "
+            f"({cells} latent cells, drawn in {model.default_num_iter} steps by default)"
         )
     side = grid_side(model)
     return f"{model.name}: text-to-image, next-token in raster order ({side}x{side} = {model.num_image_tokens} tokens)"

@@ -4,7 +4,9 @@ Owns: ``compare`` (the image of each run, then a few timed runs of each, interle
 median wall-clock is the one reported) and the statistics the page and the API return: on a
 raster model forward passes and the tokens each accepted; on a next-scale (VAR) pair forward
 passes per model role, which model drew each scale, and the peak K/V cache of each run with
-the reduction. What the page says about them is ``demos.texts`` (re-exported here).
+the reduction; on a masked-set (MAR) pair forward passes of the target and the draft model,
+the acceptance rate (overall and per checked block) and what each target forward revealed
+(``verify_steps``). What the page says about them is ``demos.texts`` (re-exported here).
 
 Must never: decode tokens itself (everything goes through ``mmaccel.generate_image``), import
 gradio, or call a single wall-clock sample a speed-up.
@@ -22,7 +24,16 @@ import numpy as np
 
 import mmaccel
 from demos.inputs import Request, config_options, option_names
-from demos.models import BASELINE, ROLE_WORDS, is_next_scale, patch_nums
+from demos.models import (
+    BASELINE,
+    MASKED_ROLE_WORDS,
+    ROLE_WORDS,
+    is_class_conditional,
+    is_masked_set,
+    is_next_scale,
+    patch_nums,
+    resolve_for,
+)
 from demos.texts import (  # re-exported: the page's words live in demos.texts
     about_markdown,
     fidelity,
@@ -32,15 +43,17 @@ from demos.texts import (  # re-exported: the page's words live in demos.texts
     scales_markdown,
     summary_markdown,
     timing_words,
+    verify_markdown,
     what_it_does,
 )
 from mmaccel.images import ImageOutput
-from mmaccel.methods import LOSSLESS, resolve_method
+from mmaccel.masked_set import Schedule, verify_plan
+from mmaccel.methods import LOSSLESS, CSpDConfig, MaskedARConfig
 
 __all__ = [
     "BASELINE", "BUDGET_S", "LOSSLESS", "REPEATS", "Comparison", "about_markdown", "compare", "fidelity",
     "intro_markdown", "options_text", "ran_window", "scale_roles", "scales_markdown", "summary_markdown",
-    "timing_words", "what_it_does",
+    "timing_words", "verify_markdown", "verify_steps", "what_it_does",
 ]  # fmt: skip
 
 # Timed runs of each method after the run whose image is shown (that run is the warm-up), and
@@ -88,6 +101,59 @@ def _scale_stats(out: ImageOutput) -> dict[str, Any]:
     }
 
 
+def verify_steps(out: ImageOutput) -> list[dict[str, Any]] | None:
+    """What each target forward of a masked-set (MAR) run did, in order: ``tokens`` revealed,
+    schedule ``steps`` covered, whether the draft model ``drafted`` them, and the share of drafted
+    values ``accepted`` (None where none were drafted).
+
+    Rebuilt from the config that ran with ``mmaccel.masked_set``'s own schedule and plan, then
+    checked against what the library counted (its forwards, its tokens-per-forward histogram, its
+    checked blocks): None, and no view, if they disagree.
+    """
+    gen = out.generate_output
+    config, extras, L = gen.method, gen.extras, out.num_tokens
+    n = config.num_iter
+    cspd = isinstance(config, CSpDConfig)
+    plan = verify_plan(n, config.gamma, round(config.prefill_ratio * n)) if cspd else verify_plan(n)
+    bounds = Schedule.cosine(L, n).bounds
+    sizes = [bounds[a] - bounds[b] for a, b, _ in plan]
+    drafted = [cspd and in_block for _, _, in_block in plan]
+    per_block = list(extras.get("acceptance_per_verify", []))
+    histogram = [0] * len(gen.accepted_histogram)
+    for k in sizes:
+        histogram[k] += len(out.images)
+    if (
+        len(plan) != out.num_forward_passes
+        or histogram != list(gen.accepted_histogram)
+        or sum(drafted) != len(per_block)
+    ):
+        return None
+    blocks = iter(per_block)
+    return [
+        {"tokens": k, "steps": b - a, "drafted": d, "accepted": round(next(blocks), 4) if d else None}
+        for k, (a, b, _), d in zip(sizes, plan, drafted, strict=True)
+    ]
+
+
+def _masked_stats(out: ImageOutput) -> dict[str, Any]:
+    """What a masked-set (MAR) run reports: forwards per model, its steps, and under CSpD the acceptance."""
+    extras = out.generate_output.extras
+    forwards = dict(extras["forwards"])
+    stats: dict[str, Any] = {
+        "forwards": forwards,  # per model role, as mmaccel.masked_set counts them
+        "forwards_by_model": {MASKED_ROLE_WORDS[role]: n for role, n in forwards.items()},
+        "num_iter": out.generate_output.method.num_iter,
+    }
+    if extras.get("acceptance_rate") is not None:
+        stats["acceptance_rate"] = round(extras["acceptance_rate"], 4)  # drafted values kept, per image
+        stats["drafted"], stats["accepted"] = extras["drafted"], round(extras["accepted"], 3)
+        stats["acceptance_per_verify"] = [round(a, 4) for a in extras["acceptance_per_verify"]]
+    steps = verify_steps(out)
+    if steps is not None:
+        stats["verify_steps"] = steps
+    return stats
+
+
 def _run_stats(out: ImageOutput, timed: list[ImageOutput]) -> dict[str, Any]:
     timed_s = [t.latency_s for t in timed]
     stats = {
@@ -102,6 +168,8 @@ def _run_stats(out: ImageOutput, timed: list[ImageOutput]) -> dict[str, Any]:
         stats["accepted_per_forward"] = np.bincount(
             forward_N[0].numpy(), minlength=out.num_forward_passes
         ).tolist()
+    elif isinstance(out.generate_output.method, CSpDConfig | MaskedARConfig):  # masked-set: continuous tokens
+        stats.update(_masked_stats(out))
     else:  # next-scale: every forward draws a whole scale
         stats.update(_scale_stats(out))
     if ran_window(out) is not None:
@@ -124,12 +192,15 @@ def compare(
     request past ``budget_s`` seconds; the statistics say how many were timed. Same seed, same
     model and the same options in every run, so the repeats redraw the same images (but with
     ``window="auto"`` before the window is kept: each run's window is in the statistics).
-    ``model``: a raster ``ImageModel`` or a next-scale (VAR) pair.
+    ``model``: a raster ``ImageModel``, a next-scale (VAR) pair or a masked-set (MAR) pair; on
+    a MAR pair a ``num_iter`` the request names runs ``ar`` too, so both take as many steps.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
-    config = resolve_method(request.method, request.options, model=model)  # bad options fail first
-    runs = [(BASELINE, {}), (request.method, request.options)]
+    config = resolve_for(request.method, request.options, model)  # bad options fail first
+    masked = is_masked_set(model)
+    same_steps = {"num_iter": request.options["num_iter"]} if masked and "num_iter" in request.options else {}
+    runs = [(BASELINE, same_steps), (request.method, request.options)]
     t0 = time.perf_counter()
 
     def run(method: str, options: dict[str, Any], fraction: float, label: str) -> ImageOutput:
@@ -155,7 +226,7 @@ def compare(
             timed[key].append(run(method, options, 0.4 + 0.6 * k / total, label))
     baseline, accelerated = shown
     next_scale = is_next_scale(model)
-    if next_scale:  # the config the run used: draft_scales filled in when the library chose it
+    if next_scale or masked:  # the config the run used: draft_scales / num_iter filled in by the library
         config = accelerated.generate_output.method
     lossless, note = model_fidelity(config, model)
     median = {key: statistics.median(t.latency_s for t in outs) for key, outs in timed.items()}
@@ -174,11 +245,14 @@ def compare(
         "speedup_forward_passes": round(baseline.num_forward_passes / accelerated.num_forward_passes, 3),
         "speedup_wall_clock": round(median[BASELINE] / median["accelerated"], 3),
         "wall_clock_repeats": n,
-        # a next-scale model takes class names, checked before anything ran: nothing to warn about
+        # a class-conditional model takes class names, checked before anything ran: nothing to warn about
         "prompt_warnings": []
-        if next_scale
+        if is_class_conditional(model)
         else list(model.condition([request.prompt], guidance=False).warnings),
     }
+    if masked:
+        stats["family"] = "masked-set"
+        stats["baseline_options"] = dict(same_steps)  # what ar ran with beyond its defaults
     if next_scale:
         peak = stats[BASELINE]["peak_cache_mb"], stats["accelerated"]["peak_cache_mb"]
         stats["scales"] = list(patch_nums(model))  # the side of each scale

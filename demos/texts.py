@@ -5,8 +5,10 @@ same distribution for a lossless method, a bound or no bound for a lossy one, an
 which scales follow the small model rather than the large one), the page's title and promise
 (``intro_markdown``, per model), the note under the method picker (``about_markdown``), the
 summary under the images (``summary_markdown``: forward passes and wall-clock; on a next-scale
-(VAR) pair forward passes per model and the peak K/V cache of each run) and the line on which
-model drew each scale (``scales_markdown``).
+(VAR) pair forward passes per model and the peak K/V cache of each run; on a masked-set (MAR)
+pair forward passes of the target and the draft model and the acceptance rate), the line on which
+model drew each scale (``scales_markdown``) and the line on what each target forward of a MAR run
+revealed (``verify_markdown``).
 
 Must never: run, time or load anything; it words results it is given (``demos.report``), and
 never calls a single wall-clock sample a speed-up or says more than is true.
@@ -18,15 +20,16 @@ import dataclasses
 import html
 from typing import TYPE_CHECKING, Any
 
-from demos.models import BASELINE, describe, grid_side, is_next_scale, patch_nums
+from demos.models import BASELINE, describe, grid_side, is_masked_set, is_next_scale, patch_nums, resolve_for
 from mmaccel.images import draft_scales_of
+from mmaccel.masked_set import verify_plan
 from mmaccel.methods import (
     DESCRIPTIONS,
     LANTERN_DEFAULT_DELTA,
     LOSSLESS,
     CoDeConfig,
+    CSpDConfig,
     JacobiConfig,
-    resolve_method,
 )
 
 if TYPE_CHECKING:
@@ -130,8 +133,40 @@ def fidelity(config: Any, grid_width: int, scales: tuple[int, ...] | None = None
     return False, zip_text + MEASURED
 
 
+def cspd_fidelity(config: CSpDConfig, default_num_iter: int) -> tuple[bool, str]:
+    """(lossless?, what the output has in common with ``ar``'s) for CSpD on a masked-set (MAR) pair
+    (``num_iter`` None: ``default_num_iter``)."""
+    if config.cspd_kappa is not None:
+        return False, (
+            f"Lossy, no bound: cspd_kappa {config.cspd_kappa:g} softens the acceptance ratio, so more draft values "
+            "are kept than exact acceptance would keep, and the image follows the draft model more than the target "
+            "model that `ar` samples." + MEASURED
+        )
+    n = config.num_iter or default_num_iter
+    checks = len(verify_plan(n, config.gamma, round(config.prefill_ratio * n)))
+    exact = (
+        "each drafted value is kept with probability min(1, p/q) of the two models' Gaussian densities and "
+        "the others are redrawn exactly from the residual, so the draft model changes which values come out, "
+        "never their distribution"
+    )
+    if checks == n:  # every check covers one step: ar's own schedule
+        return (
+            True,
+            f"Lossless: {exact}; with one step per check it samples exactly the distribution `ar` samples.",
+        )
+    return False, (
+        f"Exact acceptance on a coarser schedule: {exact}. But the target checks the {config.gamma} steps of a "
+        f"block in one forward, so the images follow the target model with each block's sets revealed as one "
+        f"({checks} sets instead of `ar`'s {n}), not exactly `ar`'s distribution." + MEASURED
+    )
+
+
 def model_fidelity(config: Any, model: Any) -> tuple[bool | None, str]:
-    """``fidelity`` of a resolved method config on ``model`` (raster or next-scale)."""
+    """``fidelity`` of a resolved method config on ``model`` (raster, next-scale or masked-set)."""
+    if is_masked_set(model):
+        if isinstance(config, CSpDConfig):
+            return cspd_fidelity(config, model.default_num_iter)
+        return fidelity(config, 0)
     if is_next_scale(model):
         if isinstance(config, CoDeConfig):
             config = dataclasses.replace(config, draft_scales=draft_scales_of(config, model))
@@ -141,7 +176,7 @@ def model_fidelity(config: Any, model: Any) -> tuple[bool | None, str]:
 
 def about_markdown(name: str, model: Any) -> str:
     """What the method does and how its output relates to ``ar``'s, with its default options."""
-    _, note = model_fidelity(resolve_method(name, {}, model=model), model)
+    _, note = model_fidelity(resolve_for(name, {}, model), model)
     return f"**{name}**: {what_it_does(name)}.\n\n**Compared with `{BASELINE}`:** {note}"
 
 
@@ -157,15 +192,31 @@ def _scales_intro(model: Any) -> str:
     )
 
 
+def _masked_intro(model: Any) -> str:
+    return (
+        TITLE + f"Pick a class, and compare continuous speculative decoding (`cspd`) with plain masked-set "
+        f"decoding (`{BASELINE}`) on {describe(model)}. Under `{BASELINE}` the target model reveals the image's "
+        "latent cells in a few sets, one forward per set. Under `cspd` the smaller draft model runs `gamma` "
+        "steps and the target checks them all in one forward, keeping each drafted value with probability "
+        "min(1, p/q) of the two models' Gaussian densities and redrawing the others exactly: fewer target "
+        "forwards, plus the draft model's cheaper ones. **The same seed with the same method always gives the "
+        "same image.** With exact acceptance (cspd_kappa empty) `cspd` samples the target model, with each "
+        "checked block's sets revealed as one set; cspd_kappa makes it lossy. The note under the method picker "
+        "says what that means for the options shown."
+    )
+
+
 def intro_markdown(choices: list[str], model: Any) -> str:
     """The page's title and what it promises: same seed and method, same image; lossless, same
     distribution (not the same picture); lossy, close, with the bound stated per method."""
     if is_next_scale(model):
         return _scales_intro(model)
+    if is_masked_set(model):
+        return _masked_intro(model)
     side = grid_side(model)
     kinds: dict[bool | None, list[str]] = {True: [], False: [], None: []}
     for name in choices:
-        kinds[fidelity(resolve_method(name, {}, model=model), side)[0]].append(f"`{name}`")
+        kinds[fidelity(resolve_for(name, {}, model), side)[0]].append(f"`{name}`")
     return (
         TITLE
         + f"Type a prompt, pick a method, and compare it with plain autoregressive decoding (`{BASELINE}`) "
@@ -272,10 +323,90 @@ def _scales_summary(c: Comparison) -> str:
     return "\n".join(rows) + "\n\n" + "\n\n".join(notes)
 
 
+def verify_markdown(c: Comparison) -> str:
+    """What each target forward revealed in both runs of a masked-set (MAR) comparison, in one line."""
+    s, parts = c.stats, []
+    for label, key in ((BASELINE, BASELINE), (c.request.method, "accelerated")):
+        steps = s[key].get("verify_steps") or []
+        drafted = [v for v in steps if v["drafted"]]
+        text = f"`{label}`: {s[key]['forward_passes']} target forwards"
+        if drafted:
+            kept = sum(v["accepted"] * v["tokens"] for v in drafted) / max(
+                sum(v["tokens"] for v in drafted), 1
+            )
+            text += (
+                f", {len(steps) - len(drafted)} by the target alone, {len(drafted)} checking a block the draft model "
+                f"drew ({kept:.0%} of those tokens kept from the draft)"
+            )
+        parts.append(text)
+    return (
+        "**What each target forward revealed** (box width: its tokens; under `cspd` the part kept from the "
+        "draft model is shaded): " + "; ".join(parts) + "."
+    )
+
+
+def _masked_summary(c: Comparison) -> str:
+    """The table and notes under the images of a masked-set (MAR) comparison."""
+    s, name = c.stats, c.request.method
+    a, m, n = s[BASELINE], s["accelerated"], s["wall_clock_repeats"]
+    timed = f"median of {n} timed runs" if n > 1 else "1 timed run"
+    target, draft = ([r["forwards"].get(role, 0) for r in (a, m)] for role in ("target", "draft"))
+    rate = m.get("acceptance_rate")
+    kept = "–" if rate is None else f"{rate:.1%} ({m['accepted']:g} of {m['drafted']} per image)"
+    rows = [
+        f"| | `{BASELINE}` (baseline) | `{name}` |",
+        "|---|---:|---:|",
+        f"| forward passes, target model | {target[0]} | {target[1]} |",
+        f"| forward passes, draft model | {draft[0]} | {draft[1]} |",
+        f"| drafted values kept (acceptance) | – | {kept} |",
+        f"| wall-clock, {timed} | {_seconds(a['wall_clock_s'])} | {_seconds(m['wall_clock_s'])} |",
+    ]
+    ratio, fewer = s["speedup_wall_clock"], s["speedup_forward_passes"]
+    forwards = (
+        f"**{fewer:.2f}x fewer target forward passes** than `{BASELINE}` ({target[0]} / {target[1]}; exact, the "
+        "same on any machine)"
+        if fewer > 1
+        else f"No fewer target forward passes than `{BASELINE}` ({target[0]} / {target[1]})"
+    )
+    notes = [
+        forwards
+        + (
+            f"; `{name}` also ran the draft model {draft[1]} times, whose forwards cost less."
+            if draft[1]
+            else "."
+        ),
+        f"Wall-clock ratio `{BASELINE}` / `{name}`: {ratio:.2f}x"
+        + (" (below 1: the method was slower here)" if ratio < 1 else "")
+        + f", from {timing_words(n)} after one warm-up run, seed fixed. This CPU is shared with other "
+        "requests, so wall-clock is noisy; forward passes are not.",
+        f"`{name}` ran with {options_text(s) or 'no options'}"
+        + (
+            f"; `{BASELINE}` with {', '.join(f'{k}={v}' for k, v in s['baseline_options'].items())} too, so both take "
+            "as many steps."
+            if s.get("baseline_options")
+            else "."
+        ),
+    ]
+    if m.get("acceptance_per_verify"):
+        notes.append(
+            "Acceptance per checked block, in order: "
+            + ", ".join(f"{x:.2f}" for x in m["acceptance_per_verify"])
+            + "."
+        )
+    notes += [
+        f"**Compared with `{BASELINE}`:** {s['fidelity']}",
+        f"{s['num_tokens']} latent cells (continuous tokens), {a['num_iter']} steps under `{BASELINE}`, "
+        f"class “{html.escape(s['prompt'])}”, seed {s['seed']}.",
+    ]
+    return "\n".join(rows) + "\n\n" + "\n\n".join(notes)
+
+
 def summary_markdown(c: Comparison) -> str:
     """The table and notes under the images."""
     if "scales" in c.stats:
         return _scales_summary(c)
+    if c.stats.get("family") == "masked-set":
+        return _masked_summary(c)
     s, name = c.stats, c.request.method
     a, m, n = s[BASELINE], s["accelerated"], s["wall_clock_repeats"]
     opts = options_text(s)

@@ -6,8 +6,10 @@ forwards, so a run of tokens accepted together shows as one outlined block; seve
 by side share one colour scale and one colour bar) and the animated GIF of the token grids of
 two runs filling forward by forward, side by side; for next-scale (VAR) models, where one
 forward draws a whole scale, the per-scale view (``scale_maps``: each scale a square of its
-tokens, coloured by the model that drew it); ``comparison_view`` (the view of a comparison,
-whichever the model) and ``enlarge`` (the images as shown, nearest neighbour).
+tokens, coloured by the model that drew it); for masked-set (MAR) models, whose tokens come in
+sets of a random order, the per-forward view (``verify_maps``: each target forward a box as wide
+as the tokens it revealed, the part kept from the draft model shaded); ``comparison_view`` (the
+view of a comparison, whichever the model) and ``enlarge`` (the images as shown, nearest neighbour).
 
 Input is ``GenerateOutput.token_forward_index[b]`` for one image (``forward_N[n]`` = the
 forward that committed token ``n``, raster order; 0 = the prefill) and the decoded image, or
@@ -27,7 +29,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from demos.models import BASELINE
-from demos.texts import scales_markdown
+from demos.texts import scales_markdown, verify_markdown
 
 if TYPE_CHECKING:
     from demos.report import Comparison
@@ -260,6 +262,55 @@ def scale_maps(
     return out
 
 
+# the two models of a masked-set pair: what the target drew, and what it kept from the draft model
+VERIFY_COLOURS = {
+    "target model": tuple(_STOPS[1].astype(int)),
+    "kept from the draft model": tuple(_STOPS[3].astype(int)),
+}
+
+
+def verify_maps(
+    runs: list[tuple[str, list[dict]]], num_tokens: int, width: int = 480, pad: int = 12
+) -> Image.Image:
+    """The per-forward view of masked-set runs: one row per run, one box per target forward.
+
+    ``runs``: (title, ``demos.report.verify_steps`` of the run). A box is as wide as the tokens
+    its forward revealed (all ``num_tokens`` fill ``width``), coloured as the target model's, with
+    the share kept from the draft model (``accepted``) shaded in the draft's colour; its token
+    count is written under it where it fits. A legend of the two colours closes the picture.
+    """
+    font, small = _font(12), _font(11)
+    bar_h, row_h, legend_h = 28, 18 + 28 + 20, 22
+    out = Image.new("RGB", (width + 2 * pad, pad + len(runs) * row_h + legend_h), (255, 255, 255))
+    draw = ImageDraw.Draw(out)
+    target, kept = VERIFY_COLOURS.values()
+    for r, (title, steps) in enumerate(runs):
+        y = pad + r * row_h
+        draw.text((pad, y), title, fill=(0, 0, 0), font=font)
+        done, y0 = 0, y + 18
+        for step in steps:
+            x0, x1 = (
+                pad + round(done * width / num_tokens),
+                pad + round((done + step["tokens"]) * width / num_tokens),
+            )
+            done += step["tokens"]
+            draw.rectangle([x0, y0, x1 - 1, y0 + bar_h - 1], fill=target)
+            if step["accepted"]:
+                draw.rectangle(
+                    [x0, y0, x0 + round(step["accepted"] * (x1 - x0)) - 1, y0 + bar_h - 1], fill=kept
+                )
+            draw.line([(x0, y0), (x0, y0 + bar_h - 1)], fill=(255, 255, 255))
+            label = str(step["tokens"])
+            if draw.textlength(label, font=small) + 2 < x1 - x0:
+                draw.text(((x0 + x1) // 2, y0 + bar_h + 2), label, fill=(60, 60, 60), font=small, anchor="ma")
+    x, y = pad, pad + len(runs) * row_h + 4
+    for who, colour in VERIFY_COLOURS.items():
+        draw.rectangle([x, y, x + 12, y + 12], fill=colour)
+        draw.text((x + 18, y), who, fill=(0, 0, 0), font=small)
+        x += 18 + int(draw.textlength(who, font=small)) + 24
+    return out
+
+
 def enlarge(image: Image.Image, target_px: int = SHOWN_PX) -> Image.Image:
     """``image`` enlarged by a whole factor to about ``target_px``, nearest neighbour (every pixel
     a sharp block): 64x64 Shapes-T2I x4, 32x32 Fashion-MNIST x8."""
@@ -279,13 +330,21 @@ def _gif_html(c: Comparison) -> str:
     )
 
 
-def comparison_view(c: Comparison) -> tuple[str, Image.Image, str]:
+def comparison_view(c: Comparison) -> tuple[str, Image.Image | None, str]:
     """The per-step view of a comparison: (the line above the picture, the picture, the animation's HTML).
 
     Raster: both runs' heat maps on one stated colour scale, and the filling animation. Next-scale
     (VAR): one forward draws a whole scale, so no token-by-token view exists: which model drew
-    each scale, in words and as ``scale_maps``, and no animation.
+    each scale, in words and as ``scale_maps``, and no animation. Masked-set (MAR): what each
+    target forward revealed, in words and as ``verify_maps`` (no picture if the run's steps could
+    not be rebuilt), and no animation.
     """
+    if c.stats.get("family") == "masked-set":
+        s = c.stats
+        runs = [(f"{label}: {s[key]['forward_passes']} target forwards", s[key].get("verify_steps"))
+                for label, key in ((BASELINE, BASELINE), (c.request.method, "accelerated"))]  # fmt: skip
+        picture = verify_maps(runs, s["num_tokens"]) if all(steps for _, steps in runs) else None
+        return verify_markdown(c), picture, ""
     if "scales" in c.stats:
         s = c.stats
         runs = [(f"{label}: {s[key]['forward_passes']} forwards", s[key]["scale_models"])

@@ -4,6 +4,7 @@ Usage::
 
     mmaccel generate-image "a large red circle at the top left on a blue background" --method sjd --out x.png
     mmaccel generate-image "ankle boot" --model fashion-var --method code --out boot.png
+    mmaccel generate-image "ankle boot" --model fashion-mar --method cspd --gamma 4 --out boot.png
     mmaccel eval latency --methods ar,sjd,sjd-coupled:init=vertical
     mmaccel eval compare --methods ar,sjd,sjd-coupled --prompts 200      (also: fid, accuracy; see mmaccel eval -h)
     mmaccel methods | models
@@ -17,7 +18,7 @@ import sys
 from pathlib import Path
 
 from mmaccel.eval.commands import COMMANDS as EVAL_COMMANDS
-from mmaccel.methods import DESCRIPTIONS, METHODS, OPTIONS
+from mmaccel.methods import DESCRIPTIONS, MASKED_SET_OPTIONS, METHODS, OPTIONS, CSpDConfig, MaskedARConfig
 
 
 def _window(text: str) -> int | str:
@@ -33,6 +34,18 @@ def _window(text: str) -> int | str:
     return value
 
 
+def _masked_ran(config: CSpDConfig | MaskedARConfig, extras: dict) -> tuple[str, str]:
+    """What a masked-set (MAR) run did: (``, num_iter 16, gamma 4, prefill_ratio 0.1, acceptance
+    0.812``, `` of the target and 12 of the draft``) for the line ``generate-image`` prints."""
+    if not isinstance(config, CSpDConfig):
+        return f", num_iter {config.num_iter}", ""
+    rate = extras.get("acceptance_rate")
+    ran = (f", num_iter {config.num_iter}, gamma {config.gamma}, prefill_ratio {config.prefill_ratio:g}"
+           + (f", cspd_kappa {config.cspd_kappa:g} (lossy)" if config.cspd_kappa is not None else "")
+           + (f", acceptance {rate:.3f}" if rate is not None else ""))  # fmt: skip
+    return ran, f" of the target and {extras['forwards'].get('draft', 0)} of the draft"
+
+
 def _generate_image(args: argparse.Namespace) -> int:
     from mmaccel.eval.common import parse_method_spec
     from mmaccel.images import generate_image
@@ -42,8 +55,9 @@ def _generate_image(args: argparse.Namespace) -> int:
         options["window"] = args.window
     if args.init is not None:
         options["init"] = args.init
-    if args.draft_scales is not None:
-        options["draft_scales"] = args.draft_scales
+    for name in ("draft_scales",) + MASKED_SET_OPTIONS["cspd"]:  # given: passed on, checked by the method
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
     try:
         out = generate_image(args.prompt, args.method, model=args.model, seed=args.seed,
                              guidance_scale=args.guidance_scale, temperature=args.temperature, top_k=args.top_k,
@@ -63,7 +77,12 @@ def _generate_image(args: argparse.Namespace) -> int:
     if getattr(config, "draft_scales", None) is not None:  # CoDe on a next-scale pair: who drew what
         forwards = out.generate_output.extras["forwards"]
         ran = f", draft_scales {config.draft_scales}: drafter {forwards['drafter']}, refiner {forwards['refiner']}"
-    print(f"saved {path.resolve()}  ({args.method}{ran}: {out.num_forward_passes} forward passes for "
+    whose = ""
+    if isinstance(
+        config, CSpDConfig | MaskedARConfig
+    ):  # a masked-set (MAR) pair: its steps, and CSpD's drafts
+        ran, whose = _masked_ran(config, out.generate_output.extras)
+    print(f"saved {path.resolve()}  ({args.method}{ran}: {out.num_forward_passes} forward passes{whose} for "
           f"{out.num_tokens} tokens, {out.latency_s:.2f} s)")  # fmt: skip
     return 0
 
@@ -100,6 +119,27 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--init", default=None, help="random | horizontal | vertical")
     gen.add_argument("--draft-scales", type=int, default=None,
                      help="method code on a next-scale (VAR) pair: scales drawn by the large model (default: the model's)")  # fmt: skip
+    mar = "on a masked-set (MAR) pair such as fashion-mar"
+    gen.add_argument(
+        "--gamma",
+        type=int,
+        default=None,
+        help=f"method cspd {mar}: steps the draft model runs per target check (default: the model's)",
+    )
+    gen.add_argument(
+        "--prefill-ratio",
+        type=float,
+        default=None,
+        help=f"method cspd {mar}: share of the steps the target runs alone first, in [0, 1)",
+    )
+    gen.add_argument(
+        "--num-iter",
+        type=int,
+        default=None,
+        help=f"methods ar and cspd {mar}: MAR steps (default: the model's)",
+    )
+    gen.add_argument("--cspd-kappa", type=float, default=None,
+                     help=f"method cspd {mar}: > 0 softens the acceptance ratio (lossy; default: exact)")  # fmt: skip
     gen.add_argument("--option", action="append", default=[], help="extra method option key=value")
     gen.add_argument("--scale", type=int, default=4, help="upscale the saved image by this factor (nearest)")
     sub.add_parser("eval", help=f"evaluation commands: {', '.join(EVAL_COMMANDS)} (mmaccel eval -h)")

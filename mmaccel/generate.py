@@ -24,10 +24,12 @@ from mmaccel.hf import StreamFeed, generation_defaults, refuse_unsupported
 from mmaccel.methods import (
     OPTIONS,
     CoDeConfig,
+    CSpDConfig,
     JacobiConfig,
     MethodConfig,
     ZipARConfig,
     build,
+    not_masked,
     not_raster,
     resolve_method,
 )
@@ -205,6 +207,8 @@ def generate(
     config = resolve_method(method, method_options)
     if isinstance(config, CoDeConfig):
         raise ValueError(not_raster())
+    if isinstance(config, CSpDConfig):
+        raise ValueError(not_masked())
     _check_ids("input_ids", input_ids, attention_mask)
     lm = as_causal_lm(model)
     eos_given = eos_token_id is not None

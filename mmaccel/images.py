@@ -26,7 +26,16 @@ import torch
 from PIL import Image
 
 from mmaccel.generate import GenerateOutput, _check_sampling, generate
-from mmaccel.methods import NEXT_SCALE_METHODS, CoDeConfig, MethodConfig, not_raster, resolve_method
+from mmaccel.methods import (
+    NEXT_SCALE_METHODS,
+    CoDeConfig,
+    CSpDConfig,
+    MethodConfig,
+    not_masked,
+    not_raster,
+    resolve_masked_method,
+    resolve_method,
+)
 from mmaccel.models import CausalLM
 
 log = logging.getLogger(__name__)
@@ -80,6 +89,27 @@ class NextScaleImageModel(Protocol):
     def decode_latent(self, f_hat: torch.Tensor) -> list[Image.Image]: ...
 
 
+@runtime_checkable
+class MaskedSetImageModel(Protocol):
+    """A class-conditional masked-set (MAR) family of continuous tokens, as seen by ``generate_image``.
+
+    ``target``: the model ``ar`` decodes with (a ``mmaccel.masked_set.MaskedSetModel``);
+    ``draft``: the smaller model of a CSpD pair, or None; ``default_num_iter``: MAR steps.
+    """
+
+    name: str
+    num_image_tokens: int
+    default_guidance: float
+    default_temperature: float
+    default_num_iter: int
+    target: Any
+    draft: Any
+
+    def labels(self, prompts: list[str]) -> torch.Tensor: ...
+
+    def decode_tokens(self, tokens_BLC: torch.Tensor) -> list[Image.Image]: ...
+
+
 # Optional on an ImageModel: ``method_defaults: dict[str, dict[str, Any]]``, the options of each
 # method validated as best on this model (applied by ``mmaccel.methods.resolve_method(..., model=)``).
 
@@ -112,7 +142,7 @@ def _load_named(name: str) -> ImageModel:
     )
 
 
-def load_model(name: str = DEFAULT_MODEL) -> ImageModel | NextScaleImageModel:
+def load_model(name: str = DEFAULT_MODEL) -> ImageModel | NextScaleImageModel | MaskedSetImageModel:
     """Load (once per process) the image model registered under ``name``."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"model must be a model name such as {DEFAULT_MODEL!r}, got {name!r}")
@@ -153,7 +183,11 @@ def generate_image(
     On a next-scale (VAR) model (e.g. ``model="fashion-var"``, prompts are class names such as
     ``"sneaker"``) the methods are ``ar`` (the large model decodes every scale, one forward per
     scale) and ``code`` (collaborative decoding: option ``draft_scales``, the scales the large
-    model draws before the small one takes over).
+    model draws before the small one takes over). On a masked-set (MAR) model of continuous
+    tokens (e.g. ``model="fashion-mar"``) they are ``ar`` (the target alone, option ``num_iter``)
+    and ``cspd`` (continuous speculative decoding: options ``gamma``, ``prefill_ratio``,
+    ``num_iter``, ``cspd_kappa``); ``guidance_scale`` is MAR's ``cfg`` (linear schedule) and
+    ``temperature`` its diffusion head's noise scale.
 
     Args:
         prompt: a prompt or a list of prompts (one image each, generated as one batch).
@@ -178,11 +212,17 @@ def generate_image(
         A PIL image for a single prompt string, a list for a list, or an ``ImageOutput``.
     """
     prompts = _check_prompts(prompt)
-    resolve_method(method, method_options)  # bad methods and options fail before any work
     _check_sampling(1, 1.0 if temperature is None else temperature, top_k, top_p, None)
     if guidance_scale is not None and (not isinstance(guidance_scale, int | float) or guidance_scale < 0):
         raise ValueError(f"guidance_scale must be a number >= 0, got {guidance_scale!r}")
     image_model = load_model(model) if isinstance(model, str) else model
+    if isinstance(image_model, MaskedSetImageModel):
+        return _generate_masked(image_model, prompts, method, method_options, seed, guidance_scale, temperature,
+                                top_k, top_p, compile, progress, return_output, single=isinstance(prompt, str))  # fmt: skip
+    resolve_method(method, method_options)  # bad methods and options fail before any work
+    if method == "cspd" or isinstance(method, CSpDConfig):
+        family = "next-scale" if isinstance(image_model, NextScaleImageModel) else "next-token"
+        raise ValueError(not_masked(getattr(image_model, "name", None), family))
     if isinstance(image_model, NextScaleImageModel):
         return _generate_scales(image_model, prompts, method, method_options, seed, guidance_scale, temperature,
                                 top_k, top_p, compile, progress, return_output, single=isinstance(prompt, str))  # fmt: skip
@@ -298,3 +338,79 @@ def _generate_scales(
     )
     return ImageOutput(images, out.num_forward_passes, model.num_image_tokens, time.perf_counter() - t0, tokens_BN,
                        gen, out.peak_cache_mb)  # fmt: skip
+
+
+def _generate_masked(
+    model: MaskedSetImageModel,
+    prompts: list[str],
+    method: str | MethodConfig,
+    method_options: dict[str, Any],
+    seed: int | None,
+    guidance_scale: float | None,
+    temperature: float | None,
+    top_k: int,
+    top_p: float,
+    compile: str,
+    progress: bool,
+    return_output: bool,
+    single: bool,
+) -> Image.Image | list[Image.Image] | ImageOutput:
+    """``generate_image`` on a masked-set (MAR) model: ``ar`` or CSpD through ``mmaccel.masked_set``."""
+    from mmaccel.acceptors.continuous import ContinuousSpeculative
+    from mmaccel.drafters.masked_draft import MaskedSetDrafter
+    from mmaccel.masked_set import Schedule, check_pair, decode_masked, verify_plan
+
+    config = resolve_masked_method(method, method_options, model=model, model_name=model.name)
+    if top_k or top_p != 1.0:
+        raise ValueError(f"top_k and top_p filter a vocabulary; model {model.name!r} has continuous tokens "
+                         f"(got top_k={top_k}, top_p={top_p}); use temperature")  # fmt: skip
+    if compile not in ("auto", "eager"):
+        raise ValueError(f"compile={compile!r}: masked-set (MAR) decoding runs eagerly (each step has its own "
+                         "shapes); use compile='auto' or 'eager'")  # fmt: skip
+    num_iter = config.num_iter or model.default_num_iter
+    L = model.target.seq_len
+    if num_iter > L:
+        raise ValueError(f"num_iter must be <= {L} (model {model.name!r} has {L} tokens, one step reveals >= 1), "
+                         f"got {num_iter}")  # fmt: skip
+    plan = drafter = acceptor = None
+    if isinstance(config, CSpDConfig):
+        if model.draft is None:
+            raise ValueError(
+                f"method 'cspd' needs a draft model; model {model.name!r} has none; use method='ar'"
+            )
+        check_pair(model.target, model.draft)
+        plan = verify_plan(num_iter, config.gamma, round(config.prefill_ratio * num_iter))
+        drafter, acceptor = MaskedSetDrafter(model.draft), ContinuousSpeculative(config.cspd_kappa)
+    scale = model.default_guidance if guidance_scale is None else float(guidance_scale)
+    temperature = model.default_temperature if temperature is None else float(temperature)
+    if not temperature > 0:
+        raise ValueError(
+            f"temperature must be > 0 on model {model.name!r} (the head's noise scale), got {temperature}"
+        )
+    t0 = time.perf_counter()
+    labels_B = model.labels(prompts)
+    out = decode_masked(model.target, labels_B, num_iter=num_iter, cfg=scale, temperature=temperature, seed=seed,
+                        plan=plan, drafter=drafter, acceptor=acceptor, progress=progress)  # fmt: skip
+    images = model.decode_tokens(out.tokens_BLC)
+    if not return_output:
+        return images[0] if single else images
+    B = len(prompts)
+    plan = plan or verify_plan(num_iter)
+    histogram = [0] * (L + 1)
+    bounds = Schedule.cosine(L, num_iter).bounds
+    for a, b, _ in plan:  # every target forward emits the sets of its steps, per image
+        histogram[bounds[a] - bounds[b]] += B
+    gen = GenerateOutput(
+        sequences=out.tokens_BLC,
+        new_tokens=out.tokens_BLC,
+        num_tokens=torch.full((B,), L),
+        num_forward_passes=out.num_forward_passes,
+        forward_passes_per_row=torch.full((B,), out.num_forward_passes),
+        accepted_histogram=histogram,
+        latency_s=out.latency_s,
+        method=dataclasses.replace(config, num_iter=num_iter),
+        extras={"forwards": out.forwards, "acceptance_rate": out.acceptance_rate, "drafted": out.drafted,
+                "accepted": out.accepted, "acceptance_per_verify": out.acceptance_per_verify,
+                "residual_rounds": out.residual_rounds},
+    )  # fmt: skip
+    return ImageOutput(images, out.num_forward_passes, L, time.perf_counter() - t0, out.tokens_BLC, gen)

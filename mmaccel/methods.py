@@ -106,7 +106,35 @@ class CoDeConfig:
     draft_scales: int | None = None
 
 
-MethodConfig = ARConfig | JacobiConfig | CoDeConfig
+@dataclass(frozen=True)
+class CSpDConfig:
+    """Continuous speculative decoding of a masked-set (MAR) model pair (CSpD, arXiv 2411.11925).
+
+    After the first ``prefill_ratio`` of the ``num_iter`` steps (the target alone), the draft
+    model runs ``gamma`` steps at a time and the target checks them in one forward: a draft value
+    is kept with probability min(1, p(x)/q(x)) of the two heads' final-step Gaussians, else
+    redrawn exactly from norm(max(0, p - q)). Lossless: the output follows the target with the
+    verify steps' schedule (the ``gamma`` steps of a block merged into one set). ``cspd_kappa``
+    (> 0) softens the ratio as the official runner's temperature (42) does: lossy, it then
+    follows the draft more than the target. ``num_iter``: None takes the model's default.
+    """
+
+    name: str = "cspd"
+    gamma: int = 4
+    prefill_ratio: float = 0.1
+    num_iter: int | None = None
+    cspd_kappa: float | None = None
+
+
+@dataclass(frozen=True)
+class MaskedARConfig:
+    """Plain MAR decoding with the target alone, ``num_iter`` steps (None: the model's default)."""
+
+    name: str = "ar"
+    num_iter: int | None = None
+
+
+MethodConfig = ARConfig | JacobiConfig | CoDeConfig | CSpDConfig | MaskedARConfig
 # methods whose output is distributed exactly as plain sampling from the target
 LOSSLESS = frozenset({"ar", "jacobi", "sjd", "sjd-coupled", "prompt-lookup"})
 LANTERN_DEFAULT_DELTA = 0.1  # the budget when neither lantern_delta nor lantern_lambda is given
@@ -123,9 +151,13 @@ METHODS: dict[str, type] = {
     "zipar+lantern": ZipARConfig,
     "prompt-lookup": PromptLookupConfig,
     "code": CoDeConfig,
+    "cspd": CSpDConfig,
 }
-# methods that decode raster (next-token) models, and those that decode next-scale (VAR) models
+# methods that decode next-scale (VAR) models, and masked-set (MAR) models; the rest of METHODS
+# (and ar) decode raster (next-token) models
 NEXT_SCALE_METHODS = ("ar", "code")
+MASKED_SET_METHODS = ("ar", "cspd")
+RASTER_METHODS = tuple(m for m in METHODS if m not in ("code", "cspd"))
 
 DESCRIPTIONS: dict[str, str] = {
     "ar": "plain KV-cached autoregressive decoding (the baseline); lossless",
@@ -141,6 +173,9 @@ DESCRIPTIONS: dict[str, str] = {
     "tokens (prompt lookup decoding), verified by speculative sampling; lossless",
     "code": "collaborative decoding (CoDe, arXiv 2411.17787) of a next-scale (VAR) pair: the large model draws "
     "the first draft_scales scales, the small one the rest; lossy",
+    "cspd": "continuous speculative decoding (CSpD, arXiv 2411.11925) of a masked-set (MAR) pair: the draft runs "
+    "gamma steps, the target checks them in one forward with exact Gaussian densities and an exact residual; "
+    "lossless for the verify steps' schedule (lossy with cspd_kappa)",
 }
 
 
@@ -150,7 +185,18 @@ def not_raster(model_name: str | None = None) -> str:
     return (
         "method 'code' (collaborative decoding) runs on a next-scale (VAR) model pair, e.g. "
         f"mmaccel.generate_image('sneaker', model='fashion-var', method='code'); on {model} use one of: "
-        + ", ".join(m for m in METHODS if m != "code")
+        + ", ".join(RASTER_METHODS)
+    )
+
+
+def not_masked(model_name: str | None = None, family: str = "next-token") -> str:
+    """The error of method ``cspd`` on a model that is not a masked-set (MAR) pair."""
+    model = f"model {model_name!r}" if model_name else f"this ({family}) model"
+    works = RASTER_METHODS if family == "next-token" else NEXT_SCALE_METHODS
+    return (
+        "method 'cspd' (continuous speculative decoding) runs on a masked-set model pair with continuous "
+        "tokens (MAR), e.g. mmaccel.generate_image('sneaker', model='fashion-mar', method='cspd'); on "
+        f"{model} use one of: " + ", ".join(works)
     )
 
 
@@ -169,7 +215,9 @@ OPTIONS: dict[str, tuple[str, ...]] = {
     "zipar+lantern": ("zipar_window",) + _JACOBI_OPTIONS + _LANTERN_OPTIONS,
     "prompt-lookup": ("window", "ngram_max", "ngram_min"),
     "code": ("draft_scales",),
+    "cspd": ("gamma", "prefill_ratio", "num_iter", "cspd_kappa"),
 }
+MASKED_SET_OPTIONS: dict[str, tuple[str, ...]] = {"ar": ("num_iter",), "cspd": OPTIONS["cspd"]}
 # Options of which a user gives at most one: naming one drops a model default for the other.
 EXCLUSIVE: tuple[frozenset[str], ...] = (frozenset({"lantern_delta", "lantern_lambda"}),)
 
@@ -214,7 +262,7 @@ def resolve_method(method: str | MethodConfig, options: dict[str, Any], model: A
     """
     if isinstance(method, str) and method in METHODS and model is not None:
         options = with_model_defaults(method, options, model)
-    if isinstance(method, ARConfig | JacobiConfig | CoDeConfig):
+    if isinstance(method, ARConfig | JacobiConfig | CoDeConfig | CSpDConfig | MaskedARConfig):
         config = dataclasses.replace(method, **options) if options else method
     elif isinstance(method, str):
         if method not in METHODS:
@@ -237,7 +285,36 @@ def resolve_method(method: str | MethodConfig, options: dict[str, Any], model: A
     return config
 
 
+def resolve_masked_method(
+    method: str | MethodConfig, options: dict[str, Any], model: Any = None, model_name: str = "this MAR model"
+) -> CSpDConfig | MaskedARConfig:
+    """``resolve_method`` for a masked-set (MAR) model: ``ar`` (option ``num_iter``) or ``cspd``."""
+    name = method if isinstance(method, str) else getattr(method, "name", None)
+    if name not in MASKED_SET_METHODS:
+        raise ValueError(
+            f"model {model_name!r} generates continuous tokens in masked sets (MAR); the methods that run on it "
+            f"are {', '.join(MASKED_SET_METHODS)} (ar: the target alone, option num_iter; cspd: continuous "
+            f"speculative decoding, options {', '.join(OPTIONS['cspd'])}); got {name!r}"
+        )
+    if isinstance(method, ARConfig):
+        method = "ar"
+    if isinstance(method, str) and model is not None:
+        options = with_model_defaults(method, options, model)
+    if isinstance(method, str):
+        unknown = sorted(set(options) - set(MASKED_SET_OPTIONS[method]))
+        if unknown:
+            raise ValueError(f"method {method!r} on a MAR model does not take option(s) {', '.join(unknown)}; "
+                             f"its options are: {', '.join(MASKED_SET_OPTIONS[method])}")  # fmt: skip
+        config = (CSpDConfig if method == "cspd" else MaskedARConfig)(name=method, **options)
+    else:
+        config = dataclasses.replace(method, **options) if options else method
+    _validate(config)
+    return config
+
+
 def _validate(config: MethodConfig) -> None:
+    if isinstance(config, CSpDConfig | MaskedARConfig):
+        _validate_masked(config)
     if isinstance(config, CoDeConfig) and config.draft_scales is not None:
         if (
             isinstance(config.draft_scales, bool)
@@ -284,6 +361,25 @@ def _validate(config: MethodConfig) -> None:
             raise ValueError(f"lantern_lambda must be >= 1, got {config.lantern_lambda!r}")
 
 
+def _validate_masked(config: CSpDConfig | MaskedARConfig) -> None:
+    n = config.num_iter
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ValueError(f"num_iter must be an integer >= 1 (MAR steps), got {n!r}")
+    if not isinstance(config, CSpDConfig):
+        return
+    if isinstance(config.gamma, bool) or not isinstance(config.gamma, int) or config.gamma < 1:
+        raise ValueError(
+            f"gamma must be an integer >= 1 (steps the draft runs per verify), got {config.gamma!r}"
+        )
+    r = config.prefill_ratio
+    if isinstance(r, bool) or not isinstance(r, int | float) or not 0 <= r < 1:
+        raise ValueError(f"prefill_ratio must be a number in [0, 1) (the share of steps the target runs alone "
+                         f"first), got {r!r}")  # fmt: skip
+    k = config.cspd_kappa
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int | float) or not k > 0):
+        raise ValueError(f"cspd_kappa must be a number > 0 (None: exact acceptance), got {k!r}")
+
+
 def codebook_of(lm: Any, method: str) -> torch.Tensor:
     """The image-token codebook a latent-relaxed method needs; a clear error when there is none."""
     codebook = getattr(lm, "codebook", None)
@@ -301,6 +397,8 @@ def build(config: MethodConfig, lm: Any = None) -> tuple[Drafter, Acceptor]:
         return NoDraft(), ExactMatch()
     if isinstance(config, CoDeConfig):
         raise ValueError(not_raster())
+    if isinstance(config, CSpDConfig | MaskedARConfig):
+        raise ValueError(not_masked())
     if isinstance(config, JacobiConfig) and config.window == "auto":
         raise ValueError("window='auto' is chosen by mmaccel.generate; build() needs a number")
     if isinstance(config, JacobiConfig) and not isinstance(config, ZipARConfig) and config.window == 0:

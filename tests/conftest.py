@@ -130,3 +130,37 @@ def tiny_var_pair(default_guidance: float = 2.5, draft_scales: int | None = 3):
     defaults = {"code": {"draft_scales": draft_scales}} if draft_scales is not None else {}
     return FashionVARPair(large, small, randomised(VQVAE(vae_cfg), seed=0), default_guidance=default_guidance,
                           method_defaults=defaults)  # fmt: skip
+
+
+def tiny_mar_pair(
+    default_guidance: float = 2.0,
+    head_steps: int = 5,
+    draft_width: int = 16,
+    method_defaults=None,
+    draft_overrides=None,
+):
+    """A small random MAR pair standing in for fashion-mar: target (width 32, depth 1 + 1) and draft
+    (width ``draft_width``, ``draft_overrides`` of its MARConfig) over a 4x4 grid of 4-channel
+    tokens of a tiny KL VAE (16x16 grayscale)."""
+    from mmaccel.image_ar.mar.config import MARConfig
+    from mmaccel.image_ar.mar.fashion_model import FashionMARPair
+    from mmaccel.image_ar.mar.model import build_mar
+    from mmaccel.image_ar.mar.vae import AutoencoderKL, KLVAEConfig
+
+    def mar(width, seed, **overrides):
+        torch.manual_seed(seed)
+        cfg = MARConfig(**{**dict(img_size=16, vae_stride=4, vae_embed_dim=4, class_num=10, buffer_size=2,
+                        encoder_embed_dim=width, encoder_depth=1, encoder_num_heads=2, decoder_embed_dim=width,
+                        decoder_depth=1, decoder_num_heads=2, diffloss_d=1, diffloss_w=32,
+                        num_sampling_steps=str(head_steps), attn_dropout=0.0, proj_dropout=0.0), **overrides})  # fmt: skip
+        model = build_mar(cfg)
+        with torch.no_grad():  # the official init zeroes the head's modulations: untrained heads all agree
+            for p in model.parameters():
+                p.copy_(torch.randn(p.shape) * 0.2)
+        return model.eval()
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(KLVAEConfig(embed_dim=4, ch=8, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(),
+                                    resolution=16, in_channels=1, out_ch=1, norm_groups=4))  # fmt: skip
+    return FashionMARPair(mar(32, 1), mar(draft_width, 2, **(draft_overrides or {})), vae, latent_scale=1.0, default_guidance=default_guidance,
+                          default_num_iter=8, method_defaults=method_defaults)  # fmt: skip

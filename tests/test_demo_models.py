@@ -1,8 +1,10 @@
-"""The Gradio demo's model picker: ``shapes-t2i`` and a small random VAR pair standing in for
-``fashion-var`` (``tests.conftest.tiny_var_pair``), injected into an in-process demo (the random
-pair cannot reach a subprocess). Switching the model changes the methods, options and prompt;
-a fashion-var comparison reports forwards per model and peak K/V cache; requests a model cannot
-run come back as readable errors; and headless Chromium drives the switch end to end.
+"""The Gradio demo's model picker: ``shapes-t2i`` and small random VAR and MAR pairs standing in
+for ``fashion-var`` and ``fashion-mar`` (``tests.conftest.tiny_var_pair``, ``tiny_mar_pair``),
+injected into an in-process demo (the random pairs cannot reach a subprocess). Switching the
+model changes the methods, options and prompt; a fashion-var comparison reports forwards per
+model and peak K/V cache, a fashion-mar one forwards of the target and the draft and the
+acceptance rate; requests a model cannot run come back as readable errors; and headless
+Chromium drives the switch end to end.
 """
 
 from __future__ import annotations
@@ -39,10 +41,18 @@ def pair():
 
 
 @pytest.fixture(scope="module")
-def catalogue(model, pair):
+def mar():
+    """A small random MAR pair standing in for fashion-mar (16 tokens, 8 steps by default)."""
+    from tests.conftest import tiny_mar_pair
+
+    return tiny_mar_pair()
+
+
+@pytest.fixture(scope="module")
+def catalogue(model, pair, mar):
     from demos.models import Catalogue
 
-    return Catalogue({"shapes-t2i": model, "fashion-var": pair}, dict(MISSING))
+    return Catalogue({"shapes-t2i": model, "fashion-var": pair, "fashion-mar": mar}, dict(MISSING))
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +163,83 @@ def test_a_fashion_var_api_request_returns_both_images(two_models_url, pair):
         assert np.array_equal(np.asarray(got.convert("L")), np.asarray(direct)), method
 
 
+def test_switching_to_fashion_mar_offers_cspd_with_its_options(catalogue, mar):
+    from demos.app import build_demo
+
+    demo = build_demo(catalogue, repeats=1)
+    to_mar = _handler(demo, "model", "change")("fashion-mar")
+    assert to_mar["method"]["choices"] == ["cspd"] and to_mar["method"]["value"] == "cspd"
+    fields = {o: to_mar[f"option-{o}"] for o in ("gamma", "prefill_ratio", "num_iter", "cspd_kappa")}
+    assert all(f["visible"] is True for f in fields.values())
+    assert fields["gamma"]["value"] == 4 and fields["gamma"]["label"] == "gamma (1 to 16)"
+    assert fields["prefill_ratio"]["value"] == 0.1
+    assert (
+        fields["num_iter"]["value"] is None
+        and "not set, so fashion-mar's 8 steps" in fields["num_iter"]["info"]
+    )
+    assert fields["cspd_kappa"]["value"] is None and "lossy" in fields["cspd_kappa"]["label"]
+    assert (
+        "lossy" in fields["cspd_kappa"]["info"] and "the acceptance is exact" in fields["cspd_kappa"]["info"]
+    )
+    for option in ("window", "draft_scales", "zipar_window", "lantern_k"):
+        assert to_mar[f"option-{option}"]["visible"] is False
+    assert to_mar["prompt"]["value"] == "sneaker" and to_mar["classes"]["choices"] == list(CLASS_NAMES)
+    assert "masked-set (MAR)" in to_mar["intro"] and "cspd_kappa makes it lossy" in to_mar["intro"]
+    assert "Per-forward view" in to_mar["view-note"]
+    assert _handler(demo, "method", "change")("cspd", "fashion-mar")["option-gamma"]["value"] == 4
+
+
+def test_a_fashion_mar_comparison_reports_forwards_of_both_models_and_acceptance(mar, one_thread):
+    from demos.report import compare, summary_markdown
+    from demos.visualize import comparison_view
+
+    c = compare(
+        check_request("ankle boot", "cspd:gamma=2,num_iter=6", 1, model=mar), mar, repeats=1, budget_s=5
+    )
+    s, a, m = c.stats, c.stats["ar"], c.stats["accelerated"]
+    assert a["forwards"] == {"target": 6} and m["forwards"] == {
+        "target": 4,
+        "draft": 4,
+    }  # 1 prefill step, 2 blocks, 1 step
+    assert s["baseline_options"] == {"num_iter": 6} and a["num_iter"] == m["num_iter"] == 6  # as many steps
+    assert s["options"] == {"gamma": 2, "prefill_ratio": 0.1, "num_iter": 6} and s["lossless"] is False
+    assert 0 <= m["acceptance_rate"] <= 1 and len(m["acceptance_per_verify"]) == 2
+    assert [v["tokens"] for v in m["verify_steps"]] and sum(v["tokens"] for v in m["verify_steps"]) == 16
+    assert [v["drafted"] for v in m["verify_steps"]] == [False, True, True, False]
+    assert s["speedup_forward_passes"] == 1.5 and s["speedup_wall_clock"] > 0
+    text = summary_markdown(c)
+    assert (
+        "| forward passes, target model | 6 | 4 |" in text
+        and "| forward passes, draft model | 0 | 4 |" in text
+    )
+    assert (
+        "| drafted values kept (acceptance) | – |" in text and "**1.50x fewer target forward passes**" in text
+    )
+    assert "`ar` with num_iter=6 too" in text and "coarser schedule" in text
+    caption, picture, animation = comparison_view(c)
+    assert "`cspd`: 4 target forwards, 2 by the target alone, 2 checking a block" in caption
+    assert picture.width > 0 and animation == ""
+
+
+def test_a_fashion_mar_api_request_returns_both_images(two_models_url, mar):
+    from gradio_client import Client
+
+    ar_path, cspd_path, stats = Client(two_models_url, verbose=False).predict(
+        "sneaker", "cspd:gamma=3", 2, "fashion-mar", api_name="/generate"
+    )
+    assert stats["model"] == "fashion-mar" and stats["method"] == "cspd"
+    assert stats["ar"]["forwards"] == {"target": 8} and stats["accelerated"]["forwards"] == {
+        "target": 4,
+        "draft": 6,
+    }
+    assert 0 <= stats["accelerated"]["acceptance_rate"] <= 1
+    for method, options, path in (("ar", {}, ar_path), ("cspd", {"gamma": 3}, cspd_path)):
+        direct = mmaccel.generate_image("sneaker", method, model=mar, seed=2, **options)
+        got = Image.open(path)
+        assert got.size == direct.size == (16, 16)
+        assert np.array_equal(np.asarray(got.convert("L")), np.asarray(direct)), method
+
+
 @pytest.mark.parametrize(
     "prompt, method, name, message",
     [
@@ -164,7 +251,15 @@ def test_a_fashion_var_api_request_returns_both_images(two_models_url, pair):
         ("sneaker", "code:draft_scales=4", "fashion-var", "Option draft_scales must be between 1 and 3, got 4."),
         ("sneaker", "code", "other-var", "Model 'other-var' cannot be used here: other-var weights missing"),
         ("sneaker", "code", "warp-var", "Unknown model 'warp-var'; the models available here are: "
-         "shapes-t2i, fashion-var."),
+         "shapes-t2i, fashion-var, fashion-mar."),
+        ("sneaker", "sjd", "fashion-mar", "Method 'sjd' does not run on fashion-mar, a masked-set \\(MAR\\) model "
+         "of continuous tokens: the methods that run on it are ar, cspd."),
+        (PROMPTS[0], "cspd", "shapes-t2i", "Method 'cspd' does not run on shapes-t2i, a next-token \\(raster\\) "
+         "model: cspd runs on masked-set \\(MAR\\) model pairs such as fashion-mar"),
+        ("spaceship", "cspd", "fashion-mar", "Unknown Fashion-MNIST class 'spaceship'"),
+        ("sneaker", "cspd:gamma=0", "fashion-mar", "Option gamma must be between 1 and 16, got 0."),
+        ("sneaker", "cspd:cspd_kappa=0", "fashion-mar", "cspd_kappa must be a number &gt; 0"),  # escaped for HTML
+        ("sneaker", "cspd:draft_scales=2", "fashion-mar", "Method 'cspd' has no option 'draft_scales'"),
     ],
 )  # fmt: skip
 def test_a_request_the_model_cannot_run_is_a_readable_error(two_models_url, prompt, method, name, message):
@@ -188,7 +283,7 @@ def test_picking_fashion_var_in_browser(two_models_url, tmp_path):
         # a busy machine (two trainings) can take a while to serve the page and each update
         expect(picker).to_contain_text("other-var is installed but not offered", timeout=60_000)
         picker.get_by_role("combobox").click()
-        expect(page.get_by_role("option")).to_have_count(2)  # the model that cannot load is not offered
+        expect(page.get_by_role("option")).to_have_count(3)  # the model that cannot load is not offered
         page.get_by_role("option", name=re.compile("^fashion-var")).click()
 
         # only code, with draft_scales at the pair's default and its range; the prompt is a class

@@ -1,7 +1,8 @@
 """The ``fashion-mnist`` benchmark: class-conditional Fashion-MNIST as seen by ``mmaccel eval``.
 
 Owns: ``load_benchmark`` (the ``mmaccel.benchmarks`` entry point) filling in an
-``mmaccel.eval.benchmarks.Benchmark`` with the Fashion-MNIST pieces: the prompt set (the ten
+``mmaccel.eval.benchmarks.Benchmark`` with the Fashion-MNIST pieces, for the class-conditional
+models trained on it (``fashion-var`` by default, ``fashion-mar``): the prompt set (the ten
 class names, balanced: every block of ten prompts holds each class once, in a seeded order),
 class consistency as the accuracy figure (the shipped ``FashionNet`` classifier, loaded once per
 process, via ``classifier.class_accuracy``) and its one table column with a 95% binomial
@@ -28,7 +29,8 @@ from mmaccel.image_ar.fashion.classifier import FashionNet, class_accuracy, load
 from mmaccel.image_ar.fashion.data import CLASS_NAMES, load_split, to_pil
 
 NAME = "fashion-mnist"
-MODEL = "fashion-var"
+MODEL = "fashion-var"  # what it runs on unless a model is named
+MODELS = ("fashion-var", "fashion-mar")  # the class-conditional Fashion-MNIST models it scores
 ACCURACY_COLUMNS = (AccuracyColumn("class consistency", "accuracy", "n"),)
 DESCRIPTION = (
     "real 28x28 Fashion-MNIST photos padded to 32x32; prompts are class names; class consistency "
@@ -75,10 +77,12 @@ def feature_net() -> nn.Module:
 
 
 def load_benchmark() -> Benchmark:
-    """The Fashion-MNIST benchmark, run on the class-conditional VAR model ``fashion-var``."""
+    """The Fashion-MNIST benchmark, run on the class-conditional VAR pair ``fashion-var`` unless
+    another of its ``MODELS`` (the MAR pair ``fashion-mar``) is named."""
     return Benchmark(
         name=NAME,
         model=MODEL,
+        models=MODELS,
         prompt_set=class_prompts,
         accuracy=accuracy,
         accuracy_columns=ACCURACY_COLUMNS,

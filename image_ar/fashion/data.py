@@ -67,6 +67,17 @@ def class_index(name: str) -> int:
     return _LOOKUP[key]
 
 
+def class_labels(prompts: list[str]) -> torch.Tensor:
+    """Class ids ``[B]`` of class-name prompts; ValueError naming the prompt and the ten classes."""
+    ids = []
+    for i, prompt in enumerate(prompts):
+        try:
+            ids.append(class_index(prompt))
+        except ValueError as err:
+            raise ValueError(f"prompt {i}: {err}") from None
+    return torch.tensor(ids, dtype=torch.long)
+
+
 def class_name(index: int) -> str:
     """The prompt name of label ``index`` (``CLASS_NAMES[index]``); IndexError outside 0..9."""
     if not 0 <= int(index) < len(CLASS_NAMES):

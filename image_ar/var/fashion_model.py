@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mmaccel.image_ar.fashion.data import CLASS_NAMES, class_index
+from mmaccel.image_ar.fashion.data import CLASS_NAMES, class_labels
 from mmaccel.image_ar.var.fashion_vq import WEIGHTS as VQ_WEIGHTS
 from mmaccel.image_ar.var.fashion_vq import load_fashion_vqvae, to_uint8
 from mmaccel.image_ar.var.model import VAR
@@ -62,13 +62,7 @@ class FashionVARPair:
 
     def labels(self, prompts: list[str]) -> torch.Tensor:
         """Class ids ``[B]`` of class-name prompts; ValueError naming the prompt and the ten classes."""
-        ids = []
-        for i, prompt in enumerate(prompts):
-            try:
-                ids.append(class_index(prompt))
-            except ValueError as err:
-                raise ValueError(f"prompt {i}: {err}") from None
-        return torch.tensor(ids, dtype=torch.long)
+        return class_labels(prompts)
 
     @torch.no_grad()
     def decode_latent(self, f_hat: torch.Tensor) -> list[Image.Image]:

@@ -1,6 +1,6 @@
 """Benchmarks: what ``mmaccel eval`` measures a model on, supplied by plug-ins.
 
-Owns: the ``Benchmark`` record a dataset plug-in fills in (its name, the image model it is
+Owns: the ``Benchmark`` record a dataset plug-in fills in (its name, the image models it is
 meant for, its prompt set, and optionally a prompt-accuracy checker with the table columns
 that show it, a feature network for the Frechet distance and the real images FD compares
 against), and the discovery of benchmarks by name: in-process registrations
@@ -62,7 +62,9 @@ class Benchmark:
 
     ``prompt_set(n, seed)``: the first ``n`` prompts of the set drawn with ``seed`` (same
     arguments, same prompts). ``model``: the registered image model (``mmaccel.image_models``)
-    the benchmark is run on unless another is named. ``accuracy(images, prompts)``: figures of
+    the benchmark is run on unless another is named; ``models``: other registered models it is
+    meant for too (``--model`` one of them alone picks this benchmark, see ``benchmark_for``;
+    e.g. ``fashion-mnist`` scores ``fashion-var`` and ``fashion-mar``). ``accuracy(images, prompts)``: figures of
     images paired with their prompts, at least ``"accuracy"`` (the fraction judged right; the
     speed-quality plot draws it), shown in the table as ``accuracy_columns``.
     ``real_images(n, seed)``: ``n`` real images for the Frechet distance, under ``feature_net``
@@ -78,6 +80,12 @@ class Benchmark:
     feature_net: FeatureNet | None = None
     real_images: Callable[[int, int], Sequence[Image.Image]] | None = None
     description: str = ""
+    models: tuple[str, ...] = ()
+
+    @property
+    def meant_for(self) -> tuple[str, ...]:
+        """Every model the benchmark is meant for: ``model`` first, then ``models``."""
+        return (self.model,) + tuple(m for m in self.models if m != self.model)
 
     def prompts(self, n: int, seed: int = 0) -> list[str]:
         """``n`` prompts of the set for ``seed``; ValueError when the set cannot give them."""
@@ -157,8 +165,9 @@ def load_benchmark(benchmark: str | Benchmark = DEFAULT_BENCHMARK) -> Benchmark:
 
 def benchmark_for(benchmark: str | None, model: str | None) -> Benchmark:
     """The benchmark a command runs: ``benchmark`` when named; else the first installed benchmark
-    meant for ``model`` (``Benchmark.model``); else the default. So ``--model fashion-var`` alone
-    scores that model on its own prompts.
+    meant for ``model`` (``Benchmark.meant_for``: its ``model`` or one of its ``models``); else
+    the default. So ``--model fashion-var`` (or ``fashion-mar``) alone scores that model on its
+    own prompts.
 
     Raises ValueError when ``model`` is named with no benchmark and none is meant for it.
     """
@@ -168,7 +177,7 @@ def benchmark_for(benchmark: str | None, model: str | None) -> Benchmark:
         return load_benchmark(DEFAULT_BENCHMARK)
     for name in [DEFAULT_BENCHMARK] + [b for b in available_benchmarks() if b != DEFAULT_BENCHMARK]:
         loaded = load_benchmark(name)
-        if loaded.model == model:
+        if model in loaded.meant_for:
             return loaded
     raise ValueError(
         f"no installed benchmark is meant for model {model!r}; name one with --benchmark "

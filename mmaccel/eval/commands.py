@@ -5,6 +5,7 @@ the arguments every generating command shares.
     mmaccel eval compare  --methods ar,sjd,sjd-coupled --prompts 200 --out outputs/compare
     mmaccel eval fid      --methods ar,sjd --prompts 200      (or --images DIR)
     mmaccel eval accuracy --methods ar,sjd --prompts 200      (or --images DIR)
+    mmaccel eval compare  --model fashion-mar --methods ar,cspd:gamma=4,cspd:gamma=8
     accelerate launch --multi_gpu --num_processes 2 -m mmaccel.eval compare --prompts 200
 
 Owns: the command table and the shared run arguments (methods, benchmark, model, prompt set,
@@ -85,6 +86,6 @@ def add_run_arguments(parser: argparse.ArgumentParser, prompts: int | None) -> N
     parser.add_argument("--temperature", type=float, default=None, help="default: the model's")
     parser.add_argument("--compile", default="best", choices=["best", "compile", "eager", "cudagraph", "auto"],
                         help="how every method's step runs, ar included; best (default): each method in the faster "
-                        "of eager and compiled, timed after the warm-up")  # fmt: skip
+                        "of eager and compiled, timed after the warm-up; masked-set (MAR) models always run eagerly")  # fmt: skip
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
     parser.add_argument("--no-warmup", dest="warmup", action="store_false", help="skip the warm-up calls")

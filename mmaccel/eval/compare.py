@@ -8,13 +8,16 @@ benchmark's checker, in the columns it declares, with 95% binomial intervals whe
 their counts), Frechet distance against the benchmark's real images with a named feature
 network, forward passes per image and their ratio to ``ar``, tokens per
 forward, the accepted-tokens-per-step histogram, and wall-clock per call with its ratio to
-``ar`` from the same run. ``--noise-floor`` adds ``ar`` with other seeds: how far a lossless
+``ar`` from the same run; for a run that drafts and checks (CSpD on a masked-set pair such as
+``fashion-mar``) also the draft model's forwards and the acceptance rate (per call and per
+checked block, medians over calls). ``--noise-floor`` adds ``ar`` with other seeds: how far a lossless
 method may drift by chance alone. The main process writes ``results.md``, ``results.json``,
 ``speed_quality.png``, ``accepted_histogram.png`` and sample grids into ``--out``.
 ``eval fid`` / ``eval accuracy`` also score a folder of images (``--images DIR``).
 
 Usage: ``mmaccel eval compare --methods ar,sjd,sjd-coupled:init=vertical --prompts 200``
-(``--benchmark NAME`` picks the prompt set, checker and FD reference; default ``shapes-t2i``)
+(``--benchmark NAME`` picks the prompt set, checker and FD reference; default ``shapes-t2i``, or
+the one meant for ``--model``: ``--model fashion-mar --methods ar,cspd:gamma=4,cspd:gamma=8``)
 
 Must never: reuse a baseline from another run, or hide a method's failure to reach a target.
 """
@@ -59,6 +62,9 @@ from mmaccel.eval.summary import FDReference, fd_column, fd_reference, summarise
 
 log = logging.getLogger(__name__)
 ALL_METRICS = ("speed", "accuracy", "fd")
+# entries of a histogram line in results.md: a masked-set step may emit any number of tokens up to
+# the image's, so every non-empty count is listed up to here (the JSON holds them all)
+MAX_HISTOGRAM_ENTRIES = 24
 
 
 @dataclass
@@ -164,6 +170,10 @@ def to_markdown(
         cols += [lambda s: s["nfe_median"], lambda s: s["nfe_ratio_vs_ar"], lambda s: s["tokens_per_forward"],
                  lambda s: s["latency_median_s"], lambda s: s["wall_clock_ratio_vs_ar"],
                  lambda s: s["peak_mem_mb"]]  # fmt: skip
+    if any("acceptance_rate" in s or "draft_forwards_median" in s for s in summary.values()):
+        # runs that draft and check (CSpD on a masked-set pair); "-" for the others (ar)
+        headers += ["draft forwards/image (median)", "acceptance (median/call)"]
+        cols += [lambda s: s.get("draft_forwards_median", "-"), lambda s: s.get("acceptance_rate", "-")]
     rows = [[label, *(c(s) for c in cols)] for label, s in summary.items()]
     head = ", ".join(
         f"{k} {'model default' if v is None else v}" for k, v in meta.items() if not isinstance(v, dict)
@@ -175,9 +185,11 @@ def to_markdown(
         lines = []
         for label, s in summary.items():
             h, total = s["accepted_histogram"], sum(s["accepted_histogram"]) or 1
+            shown = [(k, c) for k, c in enumerate(h) if c]
             lines.append(
                 f"- `{label}`: "
-                + ", ".join(f"{k}: {c / total:.3f}" for k, c in enumerate(h) if c and k <= 20)
+                + ", ".join(f"{k}: {c / total:.3f}" for k, c in shown[:MAX_HISTOGRAM_ENTRIES])
+                + (", ..." if len(shown) > MAX_HISTOGRAM_ENTRIES else "")
             )
         text += "\nTokens emitted per verify step (fraction of steps):\n\n" + "\n".join(lines) + "\n"
     if any(s.get("config") for s in summary.values()):

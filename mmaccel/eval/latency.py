@@ -8,7 +8,9 @@ all of them alike; medians over chunks and repeats (repeats re-time the same see
 is always ``median(ar) / median(method)`` from the same run.
 
 Usage: ``mmaccel eval latency --methods ar,sjd,sjd-coupled:init=vertical --prompts 8 --batch 8``
-(prompts and model from ``--benchmark``, default ``shapes-t2i``)
+(prompts and model from ``--benchmark``, default ``shapes-t2i``), or on a masked-set (MAR) pair
+``mmaccel eval latency --model fashion-mar --methods ar,cspd:gamma=4`` (adds the draft model's
+forwards and the acceptance rate)
 
 Must never: assert on timings, or compare against a baseline measured in another run.
 """
@@ -20,7 +22,7 @@ import logging
 import platform
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -43,13 +45,21 @@ class LatencyRow:
     speedup_vs_ar: float
     peak_mem_mb: float
     forward_passes_per_prompt: list[int]  # in prompt order (not a table column)
+    # a run that drafts values and checks them (CSpD on a masked-set pair), else None / empty:
+    acceptance_rate: float | None = None  # median over calls of the share of drafted values kept
+    draft_forwards: float | None = None  # median over calls of the draft model's forwards
+    acceptance_per_verify: list[float] = field(default_factory=list)  # per checked block (not a column)
 
     HEADERS = ("method", "forward passes (median/image)", "tokens/forward", "wall-clock median (s)",
                "images/s", "speed-up vs ar", "peak memory (MB)")  # fmt: skip
+    DRAFT_HEADERS = ("draft forwards (median/image)", "acceptance (median/call)")
 
     def cells(self) -> tuple:
         return (self.method, self.forward_passes, self.tokens_per_forward, self.latency_s, self.images_per_s,
                 self.speedup_vs_ar, self.peak_mem_mb)  # fmt: skip
+
+    def draft_cells(self) -> tuple:
+        return tuple("-" if v is None else v for v in (self.draft_forwards, self.acceptance_rate))
 
 
 def measure_latency(
@@ -80,12 +90,18 @@ def measure_latency(
         s = speed_stats([r for r in results if r.label == run.label], ar_rows)
         rows.append(LatencyRow(run.label, s["nfe_median"], s["tokens_per_forward"], s["latency_median_s"],
                                s["images_per_s"], s["speedup_vs_ar"], s["peak_mem_mb"],
-                               s["forward_passes_per_prompt"]))  # fmt: skip
+                               s["forward_passes_per_prompt"], s.get("acceptance_rate"),
+                               s.get("draft_forwards_median"), s.get("acceptance_per_verify", [])))  # fmt: skip
     return rows
 
 
 def format_rows(rows: Sequence[LatencyRow]) -> str:
-    return markdown_table(LatencyRow.HEADERS, [r.cells() for r in rows])
+    """The latency table; with the draft model's forwards and the acceptance rate when a run drafts."""
+    if not any(r.acceptance_rate is not None or r.draft_forwards is not None for r in rows):
+        return markdown_table(LatencyRow.HEADERS, [r.cells() for r in rows])
+    return markdown_table(
+        LatencyRow.HEADERS + LatencyRow.DRAFT_HEADERS, [r.cells() + r.draft_cells() for r in rows]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -55,7 +55,8 @@ def plot_speed_quality(summary: dict[str, dict[str, Any]], path: Path) -> Path |
 
 
 def plot_histograms(summary: dict[str, dict[str, Any]], path: Path, max_k: int = 32) -> Path | None:
-    """One bar chart per method: fraction of verify steps that emitted k tokens."""
+    """One bar chart per method: fraction of verify steps that emitted k tokens (k up to ``max_k``,
+    or to the largest k a step emitted)."""
     hists = {label: s["accepted_histogram"] for label, s in summary.items() if s.get("accepted_histogram")}
     if not hists:
         return None
@@ -65,7 +66,10 @@ def plot_histograms(summary: dict[str, dict[str, Any]], path: Path, max_k: int =
     fig, axes = plt.subplots(len(hists), 1, figsize=(7, 1.9 * len(hists) + 0.6), sharex=True, squeeze=False)
     for n, (ax, (label, hist)) in enumerate(zip(axes[:, 0], hists.items(), strict=True)):
         total = sum(hist) or 1
-        ks = list(range(min(len(hist), max_k + 1)))
+        # every count up to max_k, and beyond it up to the last one used (a masked-set step may
+        # emit any number of tokens up to the image's)
+        used = max((k for k, c in enumerate(hist) if c), default=0)
+        ks = list(range(min(len(hist), max(max_k, used) + 1)))
         ax.bar(ks, [hist[k] / total for k in ks], color=f"C{n % 10}")
         mean = sum(k * c for k, c in enumerate(hist)) / total
         ax.set_title(f"{label}: {mean:.2f} tokens per step on average", fontsize=9)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
@@ -74,16 +74,32 @@ class ChunkResult:
     peak_mem_mb: float
     accepted_histogram: list[int]  # verify steps of the call by tokens emitted
     config: str = ""  # the method config that ran (the model's method defaults applied)
+    forwards: dict[str, int] = field(default_factory=dict)  # per model role, where the model counts them
+    acceptance_rate: float | None = None  # drafted values kept (CSpD on a masked-set pair), else None
+    acceptance_per_verify: list[float] = field(default_factory=list)  # the same, per checked block
+
+
+def check_method(spec: MethodSpec) -> None:
+    """ValueError for a method name or option that no model family takes (checked before any model
+    is loaded): a spec valid on raster or next-scale models (``resolve_method``), or on a
+    masked-set (MAR) model (``resolve_masked_method``: ``ar:num_iter=8``, ``cspd:gamma=4``).
+    Whether it runs on the model named is checked once that is loaded (``run_chunks``)."""
+    from mmaccel.methods import MASKED_SET_OPTIONS, resolve_masked_method, resolve_method
+
+    try:
+        resolve_method(spec.name, dict(spec.options))
+    except ValueError:
+        if not set(spec.options) <= set(MASKED_SET_OPTIONS.get(spec.name, ())) or not spec.options:
+            raise
+        resolve_masked_method(spec.name, dict(spec.options))  # its own message for a bad value
 
 
 def make_runs(methods: Sequence[MethodSpec], noise_floor: bool = False) -> list[Run]:
     """Runs for ``methods`` with plain ``ar`` first when absent (every ratio is against it);
     ``noise_floor`` appends ``ar`` with other seeds."""
-    from mmaccel.methods import resolve_method
-
     specs = list(methods)
     for m in specs:  # unknown names and options fail here, before any model is loaded
-        resolve_method(m.name, dict(m.options))
+        check_method(m)
     if not any(m.name == "ar" and not m.options for m in specs):
         specs.insert(0, MethodSpec("ar"))
     labels = [m.label for m in specs]
@@ -174,15 +190,25 @@ def run_chunks(
     window its first call chose on the main process (``state``: the ``accelerate`` state when
     sharded), so every chunk, repeat and process uses one window and any number of processes
     gives the same images; the records name it.
+
+    A masked-set (MAR) model always decodes eagerly (``generate_image`` has no compiled step for
+    it): every run records ``compile=eager`` whatever ``compile`` says, and ``best`` times nothing.
     """
-    from mmaccel.images import generate_image
-    from mmaccel.methods import resolve_method
+    from mmaccel.images import MaskedSetImageModel, generate_image
+    from mmaccel.methods import resolve_masked_method, resolve_method
 
     image_model = resolve_model(model, device)
+    masked = isinstance(image_model, MaskedSetImageModel)
+
+    def resolved(run: Run):  # the config a run's calls resolve to on this model (fails before any work)
+        if masked:
+            return resolve_masked_method(run.spec.name, dict(run.spec.options), model=image_model,
+                                         model_name=getattr(image_model, "name", "this MAR model"))  # fmt: skip
+        return resolve_method(run.spec.name, dict(run.spec.options), model=image_model)
 
     # "best": each run in the faster of eager and compiled, timed on the warm-up chunk (below)
     compiled_mode = "cudagraph" if torch.device(device).type == "cuda" else "compile"
-    modes = {run.label: "eager" if compile == "best" else compile for run in runs}
+    modes = {run.label: "eager" if compile == "best" or masked else compile for run in runs}
 
     def call(run: Run, chunk: Chunk, mode: str | None = None):
         return generate_image(list(prompts[chunk.start : chunk.stop]), run.spec.name, model=image_model,
@@ -191,8 +217,7 @@ def run_chunks(
                               **run.spec.options)  # fmt: skip
 
     chosen: dict[str, int] = {}
-    auto = {run.label for run in runs if getattr(resolve_method(run.spec.name, dict(run.spec.options),
-                                                                model=image_model), "window", None) == "auto"}  # fmt: skip
+    auto = {run.label for run in runs if getattr(resolved(run), "window", None) == "auto"}
     if chunks:  # warm-up; a run with window="auto" makes its first call here either way
         for run in tqdm(
             [r for r in runs if warmup or r.label in auto], desc="warm-up", disable=not progress, leave=False
@@ -208,7 +233,7 @@ def run_chunks(
         chosen = shared[0]
     runs = [dataclasses.replace(run, spec=MethodSpec(run.spec.name, {**run.spec.options, "window": chosen[run.label]}))
             if run.label in chosen else run for run in runs]  # fmt: skip
-    if compile == "best" and warmup and chunks:
+    if compile == "best" and warmup and chunks and not masked:
         for run in tqdm(runs, desc="eager or compiled", disable=not progress, leave=False):
             eager_s = call(run, chunks[0], "eager").latency_s
             call(run, chunks[0], compiled_mode)  # compiles (or captures)
@@ -221,11 +246,13 @@ def run_chunks(
                 for run in runs:
                     with PeakMemory(device) as mem:
                         out = call(run, chunk)
-                    gen = out.generate_output
+                    gen, extras = out.generate_output, out.generate_output.extras or {}
                     results.append(ChunkResult(run.label, chunk.index, chunk.start, repeat, out.images,
                                                gen.forward_passes_per_row.tolist(), out.num_tokens, out.latency_s,
                                                mem.peak_mb, list(gen.accepted_histogram),
-                                               f"{gen.method!r}, compile={modes[run.label]}"))  # fmt: skip
+                                               f"{gen.method!r}, compile={modes[run.label]}",
+                                               dict(extras.get("forwards", {})), extras.get("acceptance_rate"),
+                                               list(extras.get("acceptance_per_verify", []))))  # fmt: skip
                     bar.update()
     return results
 

@@ -2,11 +2,12 @@
 
 Owns: the speed statistics every command reports (forward passes per image, tokens per
 forward, wall-clock per call, images/s, peak memory, ratios against ``ar`` from the same
-records), prompt accuracy (the benchmark's checker, see ``benchmarks.Benchmark``), and the
-Frechet distance against the benchmark's real images under a named feature extractor (its own
-network or Inception), with the real images' statistics cached to a file whose name carries
-the benchmark, the extractor, a fingerprint of its weights, the number of real images and
-their seed.
+records; for a run that drafts, forwards per model role and the acceptance rate), prompt
+accuracy (the benchmark's checker, see ``benchmarks.Benchmark``), and the Frechet distance
+against the benchmark's real images under a named feature extractor (its own network or
+Inception), with the real images' statistics cached to a file whose name carries the
+benchmark, the extractor, a fingerprint of its weights, the number of real images and their
+seed.
 
 Must never: generate images, print, know a dataset (the benchmark supplies prompts, checker,
 feature network and real images), or mix records of different runs into one figure.
@@ -138,7 +139,7 @@ def speed_stats(rows: Sequence[ChunkResult], ar_rows: Sequence[ChunkResult]) -> 
         hist += [0] * (len(r.accepted_histogram) - len(hist))
         for k, c in enumerate(r.accepted_histogram):
             hist[k] += c
-    return {
+    stats = {
         "forward_passes_per_prompt": nfe,
         "nfe_median": median([float(n) for n in nfe]),
         "nfe_mean": float(np.mean(nfe)),
@@ -151,6 +152,33 @@ def speed_stats(rows: Sequence[ChunkResult], ar_rows: Sequence[ChunkResult]) -> 
         "peak_mem_mb": max(r.peak_mem_mb for r in rows),
         "accepted_histogram": hist,
     }
+    stats.update(drafting_stats(first))
+    return stats
+
+
+def drafting_stats(calls: Sequence[ChunkResult]) -> dict[str, Any]:
+    """What a run that counts forwards per model role, or drafts and checks values, adds to its
+    speed figures (``{}`` for a run that does neither), medians over ``calls``:
+    ``forwards_median`` (per role, e.g. ``{"target": 9, "draft": 24}`` under CSpD),
+    ``draft_forwards_median`` (the draft model's), ``acceptance_rate`` (share of drafted values
+    kept per call) and ``acceptance_per_verify`` (the same per checked block, block by block)."""
+    out: dict[str, Any] = {}
+    roles = list(dict.fromkeys(role for r in calls for role in r.forwards))
+    if roles:
+        out["forwards_median"] = {
+            role: median([float(r.forwards.get(role, 0)) for r in calls]) for role in roles
+        }
+    if "draft" in roles:
+        out["draft_forwards_median"] = out["forwards_median"]["draft"]
+    rates = [r.acceptance_rate for r in calls if r.acceptance_rate is not None]
+    if rates:
+        out["acceptance_rate"] = median(rates)
+        blocks = max(len(r.acceptance_per_verify) for r in calls)
+        out["acceptance_per_verify"] = [
+            median([r.acceptance_per_verify[k] for r in calls if k < len(r.acceptance_per_verify)])
+            for k in range(blocks)
+        ]
+    return out
 
 
 def fd_column(summary: dict[str, dict[str, Any]]) -> tuple[str, str] | None:
