@@ -41,7 +41,7 @@ from demos.models import (
 from mmaccel.acceptors.lantern import RULES
 from mmaccel.drafters import INITS
 from mmaccel.eval.common import parse_method_spec
-from mmaccel.images import draft_scales_of
+from mmaccel.image_families import draft_scales_of
 from mmaccel.methods import MASKED_SET_METHODS, METHODS, OPTIONS, method_defaults, model_method_defaults
 from mmaccel.window import TIMED
 

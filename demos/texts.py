@@ -21,7 +21,7 @@ import html
 from typing import TYPE_CHECKING, Any
 
 from demos.models import BASELINE, describe, grid_side, is_masked_set, is_next_scale, patch_nums, resolve_for
-from mmaccel.images import draft_scales_of
+from mmaccel.image_families import draft_scales_of
 from mmaccel.masked_set import verify_plan
 from mmaccel.methods import (
     DESCRIPTIONS,

@@ -4,17 +4,18 @@ Owns: the ``ImageModel`` interface a next-token (raster) image family implements
 into a condition-bound ``CausalLM`` plus prompt ids, and decode image tokens to pictures), the
 ``NextScaleImageModel`` interface of a next-scale (VAR) family (prompts -> class ids, a
 target VAR, an optional refiner for CoDe, decoding of the last scale's latent), the
-discovery of named models through the ``mmaccel.image_models`` entry-point group (families
-register themselves; the core never imports one by name), prompt validation, and the call into
-``mmaccel.generate`` (raster) or ``mmaccel.next_scale.decode_scales`` (next-scale) with
-guidance applied by the engine.
+``MaskedSetImageModel`` interface of a masked-set family of continuous tokens (MAR: prompts ->
+class ids, a target, an optional CSpD draft, decoding of tokens), the discovery of named models
+through the ``mmaccel.image_models`` entry-point group (families register themselves; the core
+never imports one by name), prompt validation, and the call into ``mmaccel.generate`` (raster)
+or the family paths of ``mmaccel.image_families`` (next-scale, masked-set) with guidance
+applied by the engine.
 
 Must never: decode tokens outside the engine or import a model family directly.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -27,13 +28,11 @@ from PIL import Image
 
 from mmaccel.generate import GenerateOutput, _check_sampling, generate
 from mmaccel.methods import (
-    NEXT_SCALE_METHODS,
     CoDeConfig,
     CSpDConfig,
     MethodConfig,
     not_masked,
     not_raster,
-    resolve_masked_method,
     resolve_method,
 )
 from mmaccel.models import CausalLM
@@ -216,16 +215,18 @@ def generate_image(
     if guidance_scale is not None and (not isinstance(guidance_scale, int | float) or guidance_scale < 0):
         raise ValueError(f"guidance_scale must be a number >= 0, got {guidance_scale!r}")
     image_model = load_model(model) if isinstance(model, str) else model
+    from mmaccel.image_families import ImageCall, generate_masked, generate_scales
+
+    call = ImageCall((prompts, method, method_options, seed, guidance_scale, temperature),
+                     (top_k, top_p, compile, progress, return_output, isinstance(prompt, str)))  # fmt: skip
     if isinstance(image_model, MaskedSetImageModel):
-        return _generate_masked(image_model, prompts, method, method_options, seed, guidance_scale, temperature,
-                                top_k, top_p, compile, progress, return_output, single=isinstance(prompt, str))  # fmt: skip
+        return generate_masked(image_model, call)
     resolve_method(method, method_options)  # bad methods and options fail before any work
     if method == "cspd" or isinstance(method, CSpDConfig):
         family = "next-scale" if isinstance(image_model, NextScaleImageModel) else "next-token"
         raise ValueError(not_masked(getattr(image_model, "name", None), family))
     if isinstance(image_model, NextScaleImageModel):
-        return _generate_scales(image_model, prompts, method, method_options, seed, guidance_scale, temperature,
-                                top_k, top_p, compile, progress, return_output, single=isinstance(prompt, str))  # fmt: skip
+        return generate_scales(image_model, call)
     if not isinstance(image_model, ImageModel):
         raise TypeError(f"model must be a model name or an mmaccel ImageModel, got {type(model).__name__}")
     if method == "code" or isinstance(method, CoDeConfig):
@@ -263,154 +264,3 @@ def generate_image(
         tokens=out.new_tokens,
         generate_output=out,
     )
-
-
-def draft_scales_of(config: CoDeConfig, model: NextScaleImageModel) -> int:
-    """The scales the large model of ``model`` draws under ``config``: its ``draft_scales``, or
-    when that is None (and the model ships no default) half of the scales, rounded up."""
-    if config.draft_scales is not None:
-        return config.draft_scales
-    return (len(model.var.patch_nums) + 1) // 2
-
-
-def _generate_scales(
-    model: NextScaleImageModel,
-    prompts: list[str],
-    method: str | MethodConfig,
-    method_options: dict[str, Any],
-    seed: int | None,
-    guidance_scale: float | None,
-    temperature: float | None,
-    top_k: int,
-    top_p: float,
-    compile: str,
-    progress: bool,
-    return_output: bool,
-    single: bool,
-) -> Image.Image | list[Image.Image] | ImageOutput:
-    """``generate_image`` on a next-scale model: ``ar`` or CoDe through ``mmaccel.next_scale``."""
-    from mmaccel.next_scale import decode_scales
-
-    name = method if isinstance(method, str) else method.name
-    if name not in NEXT_SCALE_METHODS:
-        raise ValueError(
-            f"model {model.name!r} predicts the next scale (VAR); the methods that run on it are "
-            f"{', '.join(NEXT_SCALE_METHODS)} (ar: one forward per scale; code: collaborative decoding, option "
-            f"draft_scales); got {name!r}, which decodes next-token models such as {DEFAULT_MODEL!r}"
-        )
-    config = resolve_method(method, method_options, model=model)
-    draft_scales = refiner = None
-    S = len(model.var.patch_nums)
-    if isinstance(config, CoDeConfig):
-        if model.refiner is None:
-            raise ValueError(f"method 'code' needs a refiner (the small model of a VAR pair); model {model.name!r} "
-                             "has none; use method='ar'")  # fmt: skip
-        draft_scales = draft_scales_of(config, model)
-        if not 1 <= draft_scales <= S - 1:
-            raise ValueError(f"draft_scales must be in 1..{S - 1} (model {model.name!r} has {S} scales), "
-                             f"got {draft_scales}")  # fmt: skip
-        config = dataclasses.replace(config, draft_scales=draft_scales)
-        refiner = model.refiner
-    scale = model.default_guidance if guidance_scale is None else float(guidance_scale)
-    temperature = model.default_temperature if temperature is None else float(temperature)
-    t0 = time.perf_counter()
-    labels_B = model.labels(prompts)
-    out = decode_scales(model.var, model.vqvae, labels_B, cfg=scale - 1.0, temperature=temperature, top_k=top_k,
-                        top_p=top_p, seed=seed, refiner=refiner, draft_scales=draft_scales, compile=compile,
-                        progress=progress)  # fmt: skip
-    images = model.decode_latent(out.f_hat)
-    if not return_output:
-        return images[0] if single else images
-    B, tokens_BN = len(prompts), torch.cat(out.tokens, dim=1)
-    histogram = [0] * (max(t.shape[1] for t in out.tokens) + 1)
-    for t in out.tokens:  # every forward emits a whole scale per image
-        histogram[t.shape[1]] += B
-    gen = GenerateOutput(
-        sequences=tokens_BN,
-        new_tokens=tokens_BN,
-        num_tokens=torch.full((B,), tokens_BN.shape[1]),
-        num_forward_passes=out.num_forward_passes,
-        forward_passes_per_row=torch.full((B,), out.num_forward_passes),
-        accepted_histogram=histogram,
-        latency_s=out.latency_s,
-        method=config,
-        extras={"forwards": out.forwards, "f_hat": out.f_hat},
-    )
-    return ImageOutput(images, out.num_forward_passes, model.num_image_tokens, time.perf_counter() - t0, tokens_BN,
-                       gen, out.peak_cache_mb)  # fmt: skip
-
-
-def _generate_masked(
-    model: MaskedSetImageModel,
-    prompts: list[str],
-    method: str | MethodConfig,
-    method_options: dict[str, Any],
-    seed: int | None,
-    guidance_scale: float | None,
-    temperature: float | None,
-    top_k: int,
-    top_p: float,
-    compile: str,
-    progress: bool,
-    return_output: bool,
-    single: bool,
-) -> Image.Image | list[Image.Image] | ImageOutput:
-    """``generate_image`` on a masked-set (MAR) model: ``ar`` or CSpD through ``mmaccel.masked_set``."""
-    from mmaccel.acceptors.continuous import ContinuousSpeculative
-    from mmaccel.drafters.masked_draft import MaskedSetDrafter
-    from mmaccel.masked_set import Schedule, check_pair, decode_masked, verify_plan
-
-    config = resolve_masked_method(method, method_options, model=model, model_name=model.name)
-    if top_k or top_p != 1.0:
-        raise ValueError(f"top_k and top_p filter a vocabulary; model {model.name!r} has continuous tokens "
-                         f"(got top_k={top_k}, top_p={top_p}); use temperature")  # fmt: skip
-    if compile not in ("auto", "eager"):
-        raise ValueError(f"compile={compile!r}: masked-set (MAR) decoding runs eagerly (each step has its own "
-                         "shapes); use compile='auto' or 'eager'")  # fmt: skip
-    num_iter = config.num_iter or model.default_num_iter
-    L = model.target.seq_len
-    if num_iter > L:
-        raise ValueError(f"num_iter must be <= {L} (model {model.name!r} has {L} tokens, one step reveals >= 1), "
-                         f"got {num_iter}")  # fmt: skip
-    plan = drafter = acceptor = None
-    if isinstance(config, CSpDConfig):
-        if model.draft is None:
-            raise ValueError(
-                f"method 'cspd' needs a draft model; model {model.name!r} has none; use method='ar'"
-            )
-        check_pair(model.target, model.draft)
-        plan = verify_plan(num_iter, config.gamma, round(config.prefill_ratio * num_iter))
-        drafter, acceptor = MaskedSetDrafter(model.draft), ContinuousSpeculative(config.cspd_kappa)
-    scale = model.default_guidance if guidance_scale is None else float(guidance_scale)
-    temperature = model.default_temperature if temperature is None else float(temperature)
-    if not temperature > 0:
-        raise ValueError(
-            f"temperature must be > 0 on model {model.name!r} (the head's noise scale), got {temperature}"
-        )
-    t0 = time.perf_counter()
-    labels_B = model.labels(prompts)
-    out = decode_masked(model.target, labels_B, num_iter=num_iter, cfg=scale, temperature=temperature, seed=seed,
-                        plan=plan, drafter=drafter, acceptor=acceptor, progress=progress)  # fmt: skip
-    images = model.decode_tokens(out.tokens_BLC)
-    if not return_output:
-        return images[0] if single else images
-    B = len(prompts)
-    plan = plan or verify_plan(num_iter)
-    histogram = [0] * (L + 1)
-    bounds = Schedule.cosine(L, num_iter).bounds
-    for a, b, _ in plan:  # every target forward emits the sets of its steps, per image
-        histogram[bounds[a] - bounds[b]] += B
-    gen = GenerateOutput(
-        sequences=out.tokens_BLC,
-        new_tokens=out.tokens_BLC,
-        num_tokens=torch.full((B,), L),
-        num_forward_passes=out.num_forward_passes,
-        forward_passes_per_row=torch.full((B,), out.num_forward_passes),
-        accepted_histogram=histogram,
-        latency_s=out.latency_s,
-        method=dataclasses.replace(config, num_iter=num_iter),
-        extras={"forwards": out.forwards, "acceptance_rate": out.acceptance_rate, "drafted": out.drafted,
-                "accepted": out.accepted, "acceptance_per_verify": out.acceptance_per_verify,
-                "residual_rounds": out.residual_rounds},
-    )  # fmt: skip
-    return ImageOutput(images, out.num_forward_passes, L, time.perf_counter() - t0, out.tokens_BLC, gen)

@@ -138,3 +138,18 @@ def test_shipped_pair():
     )
     assert len(out.images) == 2 and out.images[0].size == (32, 32)
     assert out.generate_output.extras["forwards"]["draft"] > 0
+    # scaled latents have unit-order spread; a head respaced to keep t = 999 sends them to hundreds
+    assert out.tokens.std() < 5
+    assert pair.target.mar.diffloss.gen_diffusion.timestep_map == list(range(0, 1000, 20))
+
+
+def test_head_steps_are_respaced_from_t0():
+    pair = tiny_mar_pair()
+    pair.target.set_head_steps(50)
+    assert pair.target.head_steps == 50
+    assert pair.target.mar.diffloss.gen_diffusion.timestep_map == list(range(0, 1000, 20))
+
+
+def test_compiled_modes_are_refused_on_a_mar_pair(pair):
+    with pytest.raises(ValueError, match="runs eagerly"):
+        mmaccel.generate_image("sneaker", model=pair, method="ar", compile="compile")

@@ -294,7 +294,9 @@ def test_final_gaussian_mean_equals_the_official_sampler(cfg):
     x_T = torch.cat([x_T, x_T]) if cfg != 1.0 else x_T
     noise = torch.stack([torch.randn(rows, 4, generator=g) for _ in range(S)])
     mean, std = dl.final_gaussian(z, x_T, noise[:-1], temperature=0.9, cfg=cfg)
-    torch.testing.assert_close(mean, sample, rtol=1e-5, atol=1e-6)  # embeddings batched differently
+    # the guided chain is the first half of the official one (its second half is never read);
+    # equal up to float rounding (embeddings batched and coefficients folded differently)
+    torch.testing.assert_close(mean, sample[:n], rtol=1e-5, atol=1e-5)
     assert std.shape == mean.shape and (std > 0).all()
 
 
@@ -322,8 +324,9 @@ def test_cfg_guides_eps_in_both_halves_and_keeps_each_variance():
         return torch.cat([u[:, :C] + 2.5 * (c[:, :C] - u[:, :C]), c[:, C:]], 1)
 
     ref_mean, ref_std = dl.gen_diffusion.final_gaussian(guided_fn, x_T, noise)
-    torch.testing.assert_close(mean[:n], ref_mean)
-    torch.testing.assert_close(std[:n], ref_std)
+    assert mean.shape == (n, C)
+    torch.testing.assert_close(mean, ref_mean, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(std, ref_std, rtol=1e-5, atol=1e-6)
 
 
 def test_set_sampling_steps_keeps_weights():

@@ -57,6 +57,11 @@ def test_train_resume_export_and_evaluate(tmp_path):
     assert len((tmp_path / "run" / "loss.log").read_text().splitlines()) == 2
     assert set(ema) == set(model.state_dict())
     assert any(not torch.equal(ema[k], v) for k, v in model.state_dict().items())
+    # sampling-only settings may change after training: a finished run is re-evaluated, not refused
+    resampled = dataclasses.replace(TINY_MAR, num_sampling_steps="1,1,1,1,1")
+    _, _, rec = tm.train(resampled, dataclasses.replace(cfg, eval_n=20), tmp_path / "run", latents, labels_N, 0.5,
+                         progress=False)  # fmt: skip
+    assert rec["step"] == 4 and rec["finished"]
     with pytest.raises(ValueError, match="another config"):
         tm.train(
             TINY_MAR,
@@ -80,3 +85,14 @@ def test_train_resume_export_and_evaluate(tmp_path):
     assert result["n"] == 10 and 0.0 <= result["class_consistency"] <= 1.0 and len(result["per_class"]) == 10
     again = tm.class_consistency(loaded, vae, 0.5, cfg)
     assert again["class_consistency"] == result["class_consistency"]  # seeded sampling
+
+
+@pytest.mark.parametrize("preset", tm.PRESETS)
+def test_preset_head_sampling_skips_the_last_timestep(preset):
+    """At t = 999 of the cosine schedule 1 / sqrt(abar) is about 1e4: the shipped respacing
+    starts at t = 980 (the official "ddim50" steps), where an eps error is amplified ~30x, not 1e4x."""
+    from mmaccel.image_ar.mar.diffusion import create_diffusion
+
+    cfg, _ = tm.configs_from_dict(tm.preset_config(preset))
+    diffusion = create_diffusion(cfg.num_sampling_steps)
+    assert diffusion.num_timesteps == 50 and diffusion.timestep_map == list(range(0, 1000, 20))

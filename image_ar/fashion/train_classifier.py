@@ -48,6 +48,7 @@ from mmaccel.image_ar.fashion.classifier import (
 from mmaccel.image_ar.fashion.data import CLASS_NAMES, PACKAGE, data_dir, load_split
 from mmaccel.image_ar.recipe import add_config_args, config_from_args
 from mmaccel.image_ar.schedule import batch_indices
+from mmaccel.image_ar.train_config import split_config
 
 RECIPE = Path(__file__).resolve().parent.parent / "configs" / "fashion_classifier_recipe.json"
 log = logging.getLogger(__name__)
@@ -76,13 +77,7 @@ CONFIG_KEYS = {
 
 def configs_from_dict(config: dict[str, dict[str, Any]]) -> tuple[ClassifierConfig, TrainConfig]:
     """``{"model": ..., "train": ...}`` (a recipe stage or a config file) -> the two configs."""
-    unknown = sorted(set(config) - set(CONFIG_KEYS))
-    if unknown:
-        raise ValueError(f"unknown config section(s) {unknown} (known: {sorted(CONFIG_KEYS)})")
-    bad = sorted(set(config.get("train", {})) - set(CONFIG_KEYS["train"]))
-    if bad:
-        raise ValueError(f"unknown train key(s) {bad} (known: {CONFIG_KEYS['train']})")
-    return ClassifierConfig.from_dict(config.get("model", {})), TrainConfig(**config.get("train", {}))
+    return split_config(config, CONFIG_KEYS, ClassifierConfig.from_dict, TrainConfig)
 
 
 def full_config(model_cfg: ClassifierConfig, cfg: TrainConfig) -> dict[str, dict[str, Any]]:

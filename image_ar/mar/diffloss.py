@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -156,6 +157,38 @@ class SimpleMLPAdaLN(nn.Module):
                 x_NW = block(x_NW, y_NW)
         return self.final_layer(x_NW, y_NW)
 
+    def fused_modulation(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every AdaLN modulation linear (the blocks', then the final layer's) as one weight
+        ``[M, W]`` and bias ``[M]``, with 1 added to the bias of each ``scale`` slot so that the
+        product gives ``1 + scale`` directly (``forward_fused``)."""
+        layers = [b.adaLN_modulation[1] for b in self.res_blocks] + [self.final_layer.adaLN_modulation[1]]
+        bias = torch.cat([layer.bias for layer in layers]).clone()
+        W, offset = self.model_channels, 0
+        for layer in layers:  # chunks: shift, scale(, gate)
+            bias[offset + W : offset + 2 * W] += 1
+            offset += layer.out_features
+        return torch.cat([layer.weight for layer in layers]), bias
+
+    def forward_fused(
+        self, x_NC: torch.Tensor, y_NW: torch.Tensor, mod_weight: torch.Tensor, mod_bias: torch.Tensor
+    ) -> torch.Tensor:
+        """``forward_embedded`` with the modulations of ``fused_modulation`` (one matmul for all
+        blocks instead of one each, ``modulate`` and the gated residual as single ops): the same
+        function, fewer operations, which is what a small batch pays for."""
+        mods_NM = F.linear(F.silu(y_NW), mod_weight, mod_bias)
+        W, o = self.model_channels, 0
+        x_NW = self.input_proj(x_NC)
+        for block in self.res_blocks:
+            shift, scale1, gate = (
+                mods_NM[:, o : o + W],
+                mods_NM[:, o + W : o + 2 * W],
+                mods_NM[:, o + 2 * W : o + 3 * W],
+            )
+            x_NW = torch.addcmul(x_NW, gate, block.mlp(torch.addcmul(shift, block.in_ln(x_NW), scale1)))
+            o += 3 * W
+        shift, scale1 = mods_NM[:, o : o + W], mods_NM[:, o + W : o + 2 * W]
+        return self.final_layer.linear(torch.addcmul(shift, self.final_layer.norm_final(x_NW), scale1))
+
     def forward_with_cfg(
         self, x_NC: torch.Tensor, t_N: torch.Tensor, c_NZ: torch.Tensor, cfg_scale: float
     ) -> torch.Tensor:
@@ -246,47 +279,46 @@ class DiffLoss(nn.Module):
         temperature: float = 1.0,
         cfg: float | torch.Tensor = 1.0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and std ``[N, C]`` of the last sampling step, all earlier noise given
-        (as ``GaussianDiffusion.final_gaussian``: ``inter_noise[k]`` is the noise of the k-th step
+        """Mean and std of the last sampling step, all earlier noise given (as
+        ``GaussianDiffusion.final_gaussian``: ``inter_noise[k]`` is the noise of the k-th step
         run, shape ``[num_sampling_steps - 1, N, C]``).
 
-        ``cfg`` may be a tensor ``[N // 2, 1]`` (a guidance scale per guided row). With a tensor
-        or ``cfg != 1``: ``z`` is ``[cond; uncond]`` and ``x_T`` / ``inter_noise`` are expected
-        duplicated ``[x; x]`` as in the official ``sample``; all ``N`` rows are returned and the
-        first half holds the guided Gaussian.
+        Guidance (``cfg`` a number != 1, or a tensor ``[N // 2, 1]``: one scale per row): ``z``
+        is ``[cond; uncond]`` and ``x_T`` / ``inter_noise`` are ``[x; x]`` as in the official
+        ``sample``; the guided chain's ``[N // 2, C]`` mean and std are returned (the official
+        sampler's second half is never read: ``forward_with_cfg`` runs both halves on the first).
+        Without guidance: ``[N, C]``.
 
-        The same chain as ``gen_diffusion.final_gaussian`` over ``forward`` / ``forward_with_cfg``
-        (equal up to float rounding), made cheaper for small batches, where every step's fixed
-        cost dominates: ``cond_embed(z)`` and the timestep embeddings are computed once per chain
-        and the step coefficients are numbers, not gathered tensors.
+        The chain of ``gen_diffusion.final_gaussian`` over ``forward`` / ``forward_with_cfg``
+        (equal up to float rounding), with fewer operations per step, which is what decides its
+        cost at a small batch: ``cond_embed(z)`` and the timestep embeddings once per chain, every
+        AdaLN modulation in one matmul (``SimpleMLPAdaLN.forward_fused``), and the step's
+        posterior mean and standard deviation each folded into one affine map of the net's output
+        with numbers precomputed per step (``GaussianDiffusion.step_coefficients``).
         """
         d = self.gen_diffusion
         S, (N, C) = d.num_timesteps, x_T.shape
         if inter_noise.shape != (S - 1, N, C):
             raise ValueError(f"inter_noise must have shape {(S - 1, N, C)}, got {tuple(inter_noise.shape)}")
         net, dtype = self.net, self.net.input_proj.weight.dtype
-        t_emb_SW = net.time_embed(torch.tensor(d.timestep_map, device=z.device))
-        c_emb_NW = net.cond_embed(z.to(dtype))
-        co = d.step_coefficients()
         guided = torch.is_tensor(cfg) or cfg != 1.0
         half = N // 2 if guided else N
-        x_NC = x_T.float()
+        t_emb_SW = net.time_embed(torch.tensor(d.timestep_map, device=z.device))
+        c_emb_NW = net.cond_embed(z.to(dtype))
+        mod_weight, mod_bias = net.fused_modulation()
+        log_temperature = math.log(temperature)
+        x_NC, noise_SNC = x_T[:half].float(), inter_noise[:, :half]
         for t in range(S - 1, -1, -1):
-            x_in = torch.cat([x_NC[:half], x_NC[:half]]) if guided else x_NC  # as forward_with_cfg
-            out = net.forward_embedded(x_in.to(dtype), t_emb_SW[t] + c_emb_NW).float()
-            eps_NC, v_NC = out[:, :C], out[:, C:]
-            if guided:
-                cond_eps, uncond_eps = eps_NC.split(half)
-                guided_eps = uncond_eps + cfg * (cond_eps - uncond_eps)
-                eps_NC = torch.cat([guided_eps, guided_eps])
-            c = co[t]
-            x0_NC = c["sqrt_recip_alphas_cumprod"] * x_NC - c["sqrt_recipm1_alphas_cumprod"] * eps_NC
-            mean_NC = c["posterior_mean_coef1"] * x0_NC + c["posterior_mean_coef2"] * x_NC
-            frac_NC = (v_NC + 1) / 2
-            log_var_NC = frac_NC * c["log_betas"] + (1 - frac_NC) * c["posterior_log_variance_clipped"]
-            std_NC = torch.exp(0.5 * log_var_NC) * temperature
+            x_in = torch.cat([x_NC, x_NC]) if guided else x_NC  # both halves run on the first, as official
+            out = net.forward_fused(x_in.to(dtype), t_emb_SW[t] + c_emb_NW, mod_weight, mod_bias).float()
+            eps_NC, v_NC = out[:half, :C], out[:half, C:]
+            if guided:  # uncond + cfg * (cond - uncond)
+                eps_NC = torch.lerp(out[half:, :C], eps_NC, cfg)
+            k = d.step_coefficients()[t]
+            mean_NC = torch.add(x_NC * k["mean_x"], eps_NC, alpha=-k["mean_eps"])
+            std_NC = (v_NC * k["log_std_v"]).add_(k["log_std"] + log_temperature).exp_()
             if t > 0:
-                x_NC = mean_NC + std_NC * inter_noise[S - 1 - t]
+                x_NC = torch.addcmul(mean_NC, std_NC, noise_SNC[S - 1 - t])
         return mean_NC, std_NC
 
     def sample(

@@ -63,7 +63,16 @@ def linear_betas(num_steps: int) -> np.ndarray:
 def space_timesteps(num_timesteps: int, section_counts: str | list[int]) -> set[int]:
     """The original timesteps kept by respacing: the process is cut into ``len(section_counts)``
     near-equal sections and section i keeps ``section_counts[i]`` evenly spaced steps (rounded),
-    its first and last step included. ``"100"`` of 1000 keeps 0, 10, 20, ... (stride 999/99)."""
+    its first and last step included. ``"100"`` of 1000 keeps 0, 10, 20, ... (stride 999/99).
+    ``"ddimN"`` (official too) keeps ``range(0, num_timesteps, stride)`` for the stride giving N
+    steps: the last step kept is then not the pure-noise end, where ``1 / sqrt(abar)`` is about
+    1e4 on the cosine schedule and a small error in the predicted noise sends the chain off."""
+    if isinstance(section_counts, str) and section_counts.startswith("ddim"):
+        desired = int(section_counts[len("ddim") :])
+        for stride in range(1, num_timesteps):
+            if len(range(0, num_timesteps, stride)) == desired:
+                return set(range(0, num_timesteps, stride))
+        raise ValueError(f"cannot create exactly {desired} steps with an integer stride")
     if isinstance(section_counts, str):
         section_counts = [int(c) for c in section_counts.split(",")]
     size_per, extra = divmod(num_timesteps, len(section_counts))
@@ -76,6 +85,19 @@ def space_timesteps(num_timesteps: int, section_counts: str | list[int]) -> set[
         kept |= {start + round(j * stride) for j in range(count)}
         start += size
     return kept
+
+
+def _step_numbers(tables: dict[str, np.ndarray], t: int) -> dict[str, float]:
+    """``p_mean_variance`` at step t folded into numbers (float64): the posterior mean of the
+    predicted x0 and ``log_var = frac * log_beta + (1 - frac) * log_post`` with ``frac = (v + 1) / 2``."""
+    c1, c2 = tables["posterior_mean_coef1"][t], tables["posterior_mean_coef2"][t]
+    lb, lp = tables["log_betas"][t], tables["posterior_log_variance_clipped"][t]
+    return {
+        "mean_x": float(c1 * tables["sqrt_recip_alphas_cumprod"][t] + c2),
+        "mean_eps": float(c1 * tables["sqrt_recipm1_alphas_cumprod"][t]),
+        "log_std": float(0.5 * lp + 0.25 * (lb - lp)),
+        "log_std_v": float(0.25 * (lb - lp)),
+    }
 
 
 class GaussianDiffusion:
@@ -121,12 +143,12 @@ class GaussianDiffusion:
         cpu = torch.device("cpu")
         self._tables = {cpu: {k: torch.from_numpy(tables64[k]).float() for k in _TABLES}}
         self._maps = {cpu: torch.tensor(self.timestep_map, dtype=torch.long, device=cpu)}
-        tables = self._tables[cpu]
-        self._coefficients = [{k: tables[k][t].item() for k in _TABLES} for t in range(self.num_timesteps)]
+        self._coefficients = [_step_numbers(tables64, t) for t in range(self.num_timesteps)]
 
     def step_coefficients(self) -> list[dict[str, float]]:
-        """Per respaced step t, the float32 table values as numbers (for a chain whose rows all
-        share t: a scalar multiply instead of a gather per step)."""
+        """Per respaced step t, ``p(x_{t-1} | x_t)`` as affine maps of the model output (for a
+        chain whose rows all share t): ``mean = mean_x * x - mean_eps * eps`` and
+        ``log std = log_std + log_std_v * v`` (``v`` the learned-range channel)."""
         return self._coefficients
 
     def _on(self, device: torch.device) -> dict[str, torch.Tensor]:

@@ -31,8 +31,9 @@ class MARMaskedSet:
         return int(self.mar.diffloss.num_sampling_steps)
 
     def set_head_steps(self, n: int) -> None:
-        """Respace the head's sampler to ``n`` steps (the weights do not change)."""
-        self.mar.diffloss.set_sampling_steps(n)
+        """Respace the head's sampler to ``n`` evenly strided steps from t = 0 (official ``ddimN``;
+        a respacing that keeps t = 999 diverges on briefly trained heads); weights unchanged."""
+        self.mar.diffloss.set_sampling_steps(f"ddim{n}")
 
     @torch.no_grad()
     def condition(self, labels_B: torch.Tensor, guided: bool) -> torch.Tensor:
@@ -52,8 +53,4 @@ class MARMaskedSet:
     @torch.no_grad()
     def head(self, z_ND: torch.Tensor, x_T_NC: torch.Tensor, inter_SNC: torch.Tensor, temperature: float,
              cfg: float | torch.Tensor) -> Gaussian:  # fmt: skip
-        mean_NC, std_NC = self.mar.diffloss.final_gaussian(z_ND, x_T_NC, inter_SNC, temperature, cfg)
-        if torch.is_tensor(cfg) or cfg != 1.0:
-            n = z_ND.shape[0] // 2
-            mean_NC, std_NC = mean_NC[:n], std_NC[:n]
-        return Gaussian(mean_NC, std_NC)
+        return Gaussian(*self.mar.diffloss.final_gaussian(z_ND, x_T_NC, inter_SNC, temperature, cfg))

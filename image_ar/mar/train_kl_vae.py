@@ -51,6 +51,7 @@ from mmaccel.image_ar.checkpoint import export_fp16, save_atomic
 from mmaccel.image_ar.mar.vae import AutoencoderKL, KLVAEConfig, load_official_kl
 from mmaccel.image_ar.recipe import add_config_args, config_from_args
 from mmaccel.image_ar.schedule import batch_indices, lr_at
+from mmaccel.image_ar.train_config import split_config
 
 RECIPE = Path(__file__).resolve().parent.parent / "configs" / "fashion_kl_vae_recipe.json"
 WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "fashion_kl_vae.safetensors"
@@ -105,16 +106,7 @@ def config_from_dict(values: dict[str, Any]) -> KLVAEConfig:
 
 def configs_from_dict(config: dict[str, dict[str, Any]]) -> tuple[KLVAEConfig, TrainConfig]:
     """``{"model": KLVAEConfig fields, "train": TrainConfig fields}`` -> the two configs."""
-    unknown = sorted(set(config) - set(CONFIG_KEYS))
-    if unknown:
-        raise ValueError(f"unknown config section(s) {unknown} (known: {sorted(CONFIG_KEYS)})")
-    train = dict(config.get("train", {}))
-    bad = sorted(set(train) - set(CONFIG_KEYS["train"]))
-    if bad:
-        raise ValueError(f"unknown train key(s) {bad} (known: {CONFIG_KEYS['train']})")
-    if "betas" in train:
-        train["betas"] = tuple(train["betas"])
-    return config_from_dict(config["model"]), TrainConfig(**train)
+    return split_config(config, CONFIG_KEYS, config_from_dict, TrainConfig)
 
 
 def full_config(vae_cfg: KLVAEConfig, cfg: TrainConfig) -> dict[str, dict[str, Any]]:

@@ -6,9 +6,13 @@ posterior sample of each image's VAE latent, times the latent scale, is the targ
 ``loss = model(latents_BCHW, labels_B)`` (random order, truncated-normal mask ratio, class
 dropped with ``label_drop_prob``, Diffusion Loss on the masked tokens); AdamW with weight decay
 on the transformer's matrices only (official ``add_weight_decay``: not on biases, norms or the
-Diffusion Loss MLP), gradient clipping and an EMA of the weights. As official with
+Diffusion Loss MLP), gradient clipping and an EMA of the weights (with a warm-up the official
+lacks: its fixed rate suits 400 epochs, not a run of a few thousand steps). As official with
 ``--use_cached``, the posterior moments are computed once (``encode_latents``, cached beside
-the outputs) and a fresh sample is drawn per batch.
+the outputs) and a fresh sample is drawn per batch. At the end the raw and the EMA weights are
+both evaluated and the better ships. The head samples with the config's ``num_sampling_steps``:
+the recipe keeps the official "ddim50" steps (0, 20, ..., 980; the official "50" starts at
+t = 999, where 1 / sqrt(abar) ~ 1e4 turns a short run's eps error into a diverging chain).
 
 Owns: ``TrainConfig``, the latent cache, the loop (data order by step index, resumable
 ``<out-dir>/ckpt.pt`` every ``checkpoint_minutes`` and at the end, ``loss.log``), the cost
@@ -19,7 +23,9 @@ consistency of images sampled with the official ``MAR.sample_tokens``, decoded b
 judged by the shipped Fashion classifier. Presets are stages of
 ``image_ar/configs/fashion_mar_recipe.json``. From the repository root::
 
+    OMP_WAIT_POLICY=PASSIVE python -m mmaccel.image_ar.mar.train_mar --preset target --encode-only
     OMP_WAIT_POLICY=PASSIVE python -m mmaccel.image_ar.mar.train_mar --preset target --threads 1
+    OMP_WAIT_POLICY=PASSIVE python -m mmaccel.image_ar.mar.train_mar --preset draft --threads 1
     python -m mmaccel.image_ar.mar.train_mar --preset draft --eval-only   # re-measure shipped weights
 
 Must never: look at the test split, use unseeded randomness, change the model's key layout,
@@ -52,6 +58,7 @@ from mmaccel.image_ar.mar.train_kl_vae import WEIGHTS as VAE_WEIGHTS
 from mmaccel.image_ar.mar.train_kl_vae import load_fashion_kl_vae
 from mmaccel.image_ar.recipe import add_config_args, config_from_args
 from mmaccel.image_ar.schedule import batch_indices, lr_at
+from mmaccel.image_ar.train_config import split_config
 
 RECIPE = Path(__file__).resolve().parent.parent / "configs" / "fashion_mar_recipe.json"
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
@@ -98,13 +105,7 @@ CONFIG_KEYS = {
 
 def configs_from_dict(config: dict[str, dict[str, Any]]) -> tuple[MARConfig, TrainConfig]:
     """``{"model": MARConfig fields, "train": TrainConfig fields}`` -> the two configs."""
-    train = dict(config.get("train", {}))
-    bad = sorted(set(train) - set(CONFIG_KEYS["train"]))
-    if bad:
-        raise ValueError(f"unknown train key(s) {bad} (known: {CONFIG_KEYS['train']})")
-    if "betas" in train:
-        train["betas"] = tuple(train["betas"])
-    return MARConfig.from_dict(config["model"]), TrainConfig(**train)
+    return split_config(config, CONFIG_KEYS, MARConfig.from_dict, TrainConfig)
 
 
 def full_config(mar_cfg: MARConfig, cfg: TrainConfig) -> dict[str, dict[str, Any]]:
@@ -176,6 +177,14 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str,
     return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
 
 
+def _training_part(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` without what only sampling reads (the ``eval_*`` settings and the head's
+    ``num_sampling_steps``): a finished run can be re-evaluated with other ones."""
+    model = {k: v for k, v in config["model"].items() if k != "num_sampling_steps"}
+    train = {k: v for k, v in config["train"].items() if not k.startswith("eval_")}
+    return {**config, "model": model, "train": train}
+
+
 def _reseed(seed: int, step: int) -> None:
     # mask orders, mask ratios, label drops, diffusion timesteps/noise and dropout come from the
     # global generators, as in the official model: seed them from (seed, step) on every (re)start
@@ -212,7 +221,7 @@ def train(
     ckpt_path = out / CHECKPOINT
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        if json.loads(ckpt["config"]) != config:
+        if _training_part(json.loads(ckpt["config"])) != _training_part(config):
             raise ValueError(f"{ckpt_path} was written by another config; use another --out-dir or delete it")
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])

@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from mmaccel.image_ar.checkpoint import export_fp16, save_atomic
 from mmaccel.image_ar.recipe import add_config_args, config_from_args
 from mmaccel.image_ar.schedule import batch_indices, lr_at
+from mmaccel.image_ar.train_config import split_config
 from mmaccel.image_ar.var.config import VQVAEConfig
 from mmaccel.image_ar.var.fashion_vq import (
     TRAIN_COMMAND,
@@ -103,16 +104,7 @@ CONFIG_KEYS = {
 
 def configs_from_dict(config: dict[str, dict[str, Any]]) -> tuple[VQVAEConfig, TrainConfig]:
     """``{"model": VQVAEConfig fields, "train": TrainConfig fields}`` -> the two configs."""
-    unknown = sorted(set(config) - set(CONFIG_KEYS))
-    if unknown:
-        raise ValueError(f"unknown config section(s) {unknown} (known: {sorted(CONFIG_KEYS)})")
-    train = dict(config.get("train", {}))
-    bad = sorted(set(train) - set(CONFIG_KEYS["train"]))
-    if bad:
-        raise ValueError(f"unknown train key(s) {bad} (known: {CONFIG_KEYS['train']})")
-    if "betas" in train:
-        train["betas"] = tuple(train["betas"])
-    return config_from_dict(config["model"]), TrainConfig(**train)
+    return split_config(config, CONFIG_KEYS, config_from_dict, TrainConfig)
 
 
 def full_config(vq_cfg: VQVAEConfig, cfg: TrainConfig) -> dict[str, dict[str, Any]]:

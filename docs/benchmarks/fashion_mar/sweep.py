@@ -6,6 +6,7 @@ Usage (from the repository root, nothing else running)::
     python docs/benchmarks/fashion_mar/sweep.py speed 1 20 3       # BATCH PROMPTS REPEATS
     python docs/benchmarks/fashion_mar/sweep.py speed 32 64 3
     python docs/benchmarks/fashion_mar/sweep.py plot
+    python docs/benchmarks/fashion_mar/sweep.py tables
 
 Methods: ``ar`` (the target MAR alone, the model's ``num_iter``), ``cspd:gamma=G`` for G in
 ``GAMMAS`` (exact acceptance), ``cspd:gamma=4,cspd_kappa=K`` (the official runner's softened
@@ -22,7 +23,7 @@ feature space against the 10,000 real test images. Writes ``quality.json``.
 and repeats, methods interleaved, ratios against ``ar`` from this run) plus each method's
 forwards per model and acceptance rate. Writes ``speed_batch{BATCH}.json``.
 
-``plot``: ``sweep.png`` from the JSON files.
+``plot``: ``sweep.png`` from the JSON files. ``tables``: the README's markdown tables from them.
 """
 
 from __future__ import annotations
@@ -35,11 +36,12 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 MODEL, BENCHMARK = "fashion-mar", "fashion-mnist"
-GAMMAS = (2, 3, 4, 6, 8)
+GAMMAS = (2, 3, 4, 6, 8)  # the speed runs; the quality run takes QUALITY_GAMMAS (each costs minutes)
+QUALITY_GAMMAS = (2, 4, 8)
 KAPPAS = (4.0, 42.0)
 
 
-def specs(with_draft_alone: bool = False):
+def specs(gammas=GAMMAS):
     import mmaccel
     from mmaccel.eval.common import MethodSpec
     from mmaccel.masked_set import verify_plan
@@ -49,7 +51,7 @@ def specs(with_draft_alone: bool = False):
     cspd = pair.method_defaults.get("cspd", {})
     prefill = round(cspd.get("prefill_ratio", 0.1) * n)
     twin = len(verify_plan(n, 4, prefill))
-    out = [MethodSpec("ar")] + [MethodSpec("cspd", {"gamma": g}) for g in GAMMAS]
+    out = [MethodSpec("ar")] + [MethodSpec("cspd", {"gamma": g}) for g in gammas]
     out += [MethodSpec("cspd", {"gamma": 4, "cspd_kappa": k}) for k in KAPPAS]
     out += [MethodSpec("ar", {"num_iter": twin})]
     return out
@@ -82,7 +84,7 @@ def quality(n_prompts: int, batch: int) -> None:
     bench = load_benchmark(BENCHMARK)
     fd_ref = fd_reference(bench, real=10_000)
     prompts = bench.prompts(n_prompts, 0)
-    comp = compare(specs(), prompts, batch=batch, seed=0, model=MODEL, benchmark=bench, fd_ref=fd_ref,
+    comp = compare(specs(QUALITY_GAMMAS), prompts, batch=batch, seed=0, model=MODEL, benchmark=bench, fd_ref=fd_ref,
                    compile="eager", warmup=False)  # fmt: skip
     alone = compare([MethodSpec("ar")], prompts, batch=batch, seed=0, model=_draft_alone(), benchmark=bench,
                     fd_ref=fd_ref, compile="eager", warmup=False)  # fmt: skip
@@ -171,6 +173,31 @@ def plot() -> None:
     print(HERE / "sweep.png")
 
 
+def tables() -> None:
+    q_path = HERE / "quality.json"
+    if q_path.exists():
+        q = json.loads(q_path.read_text())["methods"]
+        fd_key = next(k for k in q["ar"] if k.startswith("fd"))
+        ar_acc, ar_fd = q["ar"]["accuracy"], q["ar"][fd_key]
+        print("| method | class consistency | vs ar (points) | FD-FashionNet | vs ar | acceptance |")
+        print("|---|---|---|---|---|---|")
+        for label, r in q.items():
+            acc = r.get("acceptance_rate")
+            print(f"| `{label}` | {100 * r['accuracy']:.1f}% | {100 * (r['accuracy'] - ar_acc):+.1f} | "
+                  f"{r[fd_key]:.2f} | {100 * (r[fd_key] / ar_fd - 1):+.0f}% | "
+                  f"{'' if acc is None else f'{100 * acc:.1f}%'} |")  # fmt: skip
+    for path in sorted(HERE.glob("speed_batch*.json")):
+        data = json.loads(path.read_text())
+        print(f"\nBatch {data['batch']} ({data['prompts']} prompts, {data['repeats']} repeats):\n")
+        print("| method | speed-up | s per call | target forwards | draft forwards | acceptance |")
+        print("|---|---|---|---|---|---|")
+        for r in data["rows"]:
+            acc = r["acceptance_rate"]
+            print(f"| `{r['method']}` | {r['speedup_vs_ar']:.2f} | {r['latency_s']:.3f} | "
+                  f"{r['forwards'].get('target', '')} | {r['forwards'].get('draft', '-')} | "
+                  f"{'-' if acc is None else f'{100 * acc:.1f}%'} |")  # fmt: skip
+
+
 if __name__ == "__main__":
     command, *args = sys.argv[1:]
-    {"quality": quality, "speed": speed, "plot": plot}[command](*map(int, args))
+    {"quality": quality, "speed": speed, "plot": plot, "tables": tables}[command](*map(int, args))
