@@ -112,7 +112,9 @@ def test_non_string_prompt(pipeline, prompt):
 
 
 def test_unknown_model_name():
-    with pytest.raises(ValueError, match=r"unknown model 'dalle'; available models: fashion-var, shapes-t2i"):
+    with pytest.raises(
+        ValueError, match=r"unknown model 'dalle'; available models: fashion-mar, fashion-var, shapes-t2i"
+    ):
         mmaccel.generate_image("a small red square at the top on a black background", model="dalle")
 
 
