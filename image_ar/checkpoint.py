@@ -1,6 +1,7 @@
 """Crash-safe saving for training checkpoints and pre-tokenized datasets.
 
-Owns: ``save_atomic`` and ``save_safetensors``, and ``read_checkpoint`` / ``check_state_dict`` (every family's loader reads
+Owns: ``save_atomic``, ``save_safetensors``, ``export_fp16`` and ``store_test`` (an exported file's
+evaluation in the json beside it), and ``read_checkpoint`` / ``check_state_dict`` (every family's loader reads
 official files through it: safetensors, or a pickle with ``weights_only=True``). A run killed mid-save (a session ending, an
 out-of-memory kill) must leave the previous file intact, since every training script resumes from
 what it finds; exported weights must be readable by whoever the umask says may read them.
@@ -130,3 +131,14 @@ def check_state_dict(
     ]
     if problems:
         raise ValueError(f"{source} does not match {type(model).__name__}: " + "; ".join(problems))
+
+
+def store_test(weights: Path | str, result: dict[str, Any], seconds: float, **extra: Any) -> dict[str, Any]:
+    """Write an evaluation of the exported ``weights`` as ``test`` (with ``eval_seconds`` and
+    ``extra``) and the file's size as ``file_bytes`` into the json beside it; returns the json."""
+    path = Path(weights)
+    record = json.loads(path.with_suffix(".json").read_text())
+    record["test"] = {**result, "eval_seconds": round(seconds, 1), **extra}
+    record["file_bytes"] = path.stat().st_size
+    path.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    return record

@@ -179,7 +179,8 @@ def predict(
     z_ND = gather_BK(z_BLD, rows_idx).reshape(-1, z_BLD.shape[-1])
     C = noise.x_T_BLC.shape[-1]
     x_T = gather_BK(noise.x_T_BLC, idx_BK).reshape(B * K, C)
-    inter = torch.stack([gather_BK(n, idx_BK) for n in noise.inter_SBLC]).reshape(-1, B * K, C)
+    S = noise.inter_SBLC.shape[0]  # one gather for every chain step
+    inter = noise.inter_SBLC.gather(2, idx_BK[None, :, :, None].expand(S, B, K, C)).reshape(S, B * K, C)
     if guided:
         x_T, inter = torch.cat([x_T, x_T]), torch.cat([inter, inter], dim=1)
     if torch.is_tensor(cfg):
@@ -196,7 +197,7 @@ class MaskedSetOutput:
     forwards: dict[str, int]  # per model role: "target", and "draft" under cspd
     latency_s: float
     drafted: int = 0  # draft values checked by the target (per image)
-    accepted: int = 0  # of which kept (per image)
+    accepted: float = 0.0  # of which kept (per image, averaged over the batch)
     acceptance_per_verify: list[float] = field(default_factory=list)  # over the batch, per checked block
     residual_rounds: int = 0  # the most rounds one residual draw needed
 
@@ -243,6 +244,8 @@ def decode_masked(
     if drafter is not None:
         out.forwards["draft"] = 0
         drafter.begin(labels_B, cfg != 1.0)
+    kept: list[torch.Tensor] = []  # per checked block: the share of draft values kept
+    sizes: list[int] = []  # and its values per image
     for a, b, in_block in tqdm(plan, desc="masked-set decode", disable=not progress, leave=False):
         # the sets of steps a .. b-1 are contiguous in the order: step k holds bounds[k+1]:bounds[k]
         idx_BK = noise.orders_BL[:, schedule.bounds[b] : schedule.bounds[a]]
@@ -258,15 +261,16 @@ def decode_masked(
             u_N = gather_BK(noise.u_BL, idx_BK).reshape(-1)
             acc = acceptor.accept(x_BKC.reshape(-1, C), q, p, u_N, generator)
             values_NC = acc.values
-            n_acc = int(acc.accepted_N.sum())
-            out.drafted += idx_BK.shape[1]
-            out.accepted += n_acc / B
-            out.acceptance_per_verify.append(n_acc / acc.accepted_N.numel())
+            kept.append(acc.accepted_N.float().mean())  # read once, after the loop
+            sizes.append(idx_BK.shape[1])
             out.residual_rounds = max(out.residual_rounds, acc.residual_rounds)
         else:
             values_NC = p.sample_with(gather_BK(noise.z0_BLC, idx_BK).reshape(-1, C))
         tokens_BLC.scatter_(1, idx_BK[..., None].expand(-1, -1, C), values_NC.view(B, -1, C))
         known_BL.scatter_(1, idx_BK, True)
+    out.acceptance_per_verify = torch.stack(kept).tolist() if kept else []
+    out.drafted = sum(sizes)
+    out.accepted = sum(rate * k for rate, k in zip(out.acceptance_per_verify, sizes, strict=True))
     out.num_forward_passes = out.forwards["target"]
     out.latency_s = time.perf_counter() - t0
     return out

@@ -4,7 +4,8 @@ Owns: ``FashionMARPair`` (the target MAR, the draft MAR and their KL VAE, traine
 Fashion-MNIST 32x32) implementing ``mmaccel.images.MaskedSetImageModel``: prompts are class
 names (``"sneaker"``, ``"ankle boot"``, ...), tokens are 4-channel latent cells of an 8x8 grid
 (64 per image), decoded by the VAE after undoing the latent scale; ``load_fashion_mar_pair``
-(the ``mmaccel.image_models`` entry point) reading ``image_ar/weights``. Under ``method="ar"``
+(the ``mmaccel.image_models`` entry point) reading ``image_ar/weights`` (``load_fashion_mar``:
+one MAR; the trainer ``train_mar`` writes them). Under ``method="ar"``
 the target decodes alone; under ``method="cspd"`` the draft proposes and the target verifies.
 
 Must never: decode tokens itself (``mmaccel.masked_set`` does), or download anything.
@@ -13,6 +14,7 @@ Must never: decode tokens itself (``mmaccel.masked_set`` does), or download anyt
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,6 @@ from mmaccel.image_ar.fashion.data import CLASS_NAMES, class_labels
 from mmaccel.image_ar.mar.masked_model import MARMaskedSet
 from mmaccel.image_ar.mar.train_kl_vae import WEIGHTS as VAE_WEIGHTS
 from mmaccel.image_ar.mar.train_kl_vae import load_fashion_kl_vae
-from mmaccel.image_ar.mar.train_mar import load_fashion_mar, weights_path
 from mmaccel.image_ar.var.fashion_vq import to_uint8
 from mmaccel.masked_set import check_pair
 
@@ -32,6 +33,26 @@ NAME = "fashion-mar"
 # default guidance, temperature, steps, head steps and each method's best options on this pair
 # (measured: docs/benchmarks/fashion_mar/README.md)
 DEFAULTS = VAE_WEIGHTS.parent / "fashion_mar_defaults.json"
+
+
+def weights_path(preset: str) -> Path:
+    """The shipped weights of the ``target`` or ``draft`` MAR (``train_mar`` writes them)."""
+    return VAE_WEIGHTS.parent / f"fashion_mar_{preset}.safetensors"
+
+
+def load_fashion_mar(path: str | os.PathLike) -> tuple[torch.nn.Module, float]:
+    """A shipped Fashion MAR (eval mode, float32) and the latent scale it was trained with."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from mmaccel.image_ar.mar.config import MARConfig
+    from mmaccel.image_ar.mar.model import build_mar
+
+    with safe_open(os.fspath(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    model = build_mar(MARConfig.from_dict(json.loads(meta["mar_config"])))
+    model.load_state_dict({k: v.float() for k, v in load_file(os.fspath(path)).items()})
+    return model.eval(), float(meta["latent_scale"])
 
 
 class FashionMARPair:

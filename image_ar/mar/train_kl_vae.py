@@ -47,7 +47,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mmaccel.image_ar.checkpoint import export_fp16, save_atomic
+from mmaccel.image_ar.checkpoint import export_fp16, save_atomic, store_test
 from mmaccel.image_ar.mar.vae import AutoencoderKL, KLVAEConfig, load_official_kl
 from mmaccel.image_ar.recipe import add_config_args, config_from_args
 from mmaccel.image_ar.schedule import batch_indices, lr_at
@@ -318,11 +318,7 @@ def evaluate_export(
     t0 = time.perf_counter()
     model, _ = load_fashion_kl_vae(weights)
     result = evaluate_reconstructions(model, test.images[:n], test.labels[:n], batch)
-    record = json.loads(weights.with_suffix(".json").read_text())
-    record["test"] = {**result, "eval_seconds": round(time.perf_counter() - t0, 1), **extra}
-    record["file_bytes"] = weights.stat().st_size
-    weights.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
-    return record
+    return store_test(weights, result, time.perf_counter() - t0, **extra)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -54,6 +54,7 @@ import torch
 
 from mmaccel.image_ar.checkpoint import export_fp16, save_atomic
 from mmaccel.image_ar.mar.config import MARConfig
+from mmaccel.image_ar.mar.fashion_model import load_fashion_mar, weights_path
 from mmaccel.image_ar.mar.train_kl_vae import WEIGHTS as VAE_WEIGHTS
 from mmaccel.image_ar.mar.train_kl_vae import load_fashion_kl_vae
 from mmaccel.image_ar.recipe import add_config_args, config_from_args
@@ -61,7 +62,6 @@ from mmaccel.image_ar.schedule import batch_indices, lr_at
 from mmaccel.image_ar.train_config import split_config
 
 RECIPE = Path(__file__).resolve().parent.parent / "configs" / "fashion_mar_recipe.json"
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 PRESETS = ("target", "draft")
 TRAIN_COMMAND = "python -m mmaccel.image_ar.mar.train_mar"
 CHECKPOINT = "ckpt.pt"
@@ -327,30 +327,12 @@ def class_consistency(
             "sample_seconds": round(seconds, 1), "seed": cfg.eval_seed}  # fmt: skip
 
 
-def weights_path(preset: str) -> Path:
-    return WEIGHTS_DIR / f"fashion_mar_{preset}.safetensors"
-
-
 def export(state: dict[str, torch.Tensor], mar_cfg: MARConfig, path: Path, vae_sha: str, latent_scale: float,
            record: dict[str, Any]) -> None:  # fmt: skip
     """fp16 safetensors (official MAR keys; config, VAE digest and latent scale in the metadata) + json."""
     meta = {"format": "pt", "name": path.stem, "mar_config": json.dumps(mar_cfg.to_dict()),
             "vae_sha256": vae_sha, "latent_scale": repr(latent_scale)}  # fmt: skip
     export_fp16(state, path, meta, record)
-
-
-def load_fashion_mar(path: str | os.PathLike) -> tuple[torch.nn.Module, float]:
-    """A shipped Fashion MAR (eval mode, float32) and the latent scale it was trained with."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    from mmaccel.image_ar.mar.model import build_mar
-
-    with safe_open(os.fspath(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    model = build_mar(MARConfig.from_dict(json.loads(meta["mar_config"])))
-    model.load_state_dict({k: v.float() for k, v in load_file(os.fspath(path)).items()})
-    return model.eval(), float(meta["latent_scale"])
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -49,7 +49,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from mmaccel.image_ar.checkpoint import export_fp16, save_atomic
+from mmaccel.image_ar.checkpoint import export_fp16, save_atomic, store_test
 from mmaccel.image_ar.recipe import add_config_args, config_from_args
 from mmaccel.image_ar.schedule import batch_indices, lr_at
 from mmaccel.image_ar.train_config import split_config
@@ -288,11 +288,7 @@ def evaluate_export(
     n = n or len(test)
     t0 = time.perf_counter()
     result = evaluate_reconstructions(load_fashion_vqvae(weights), test.images[:n], test.labels[:n], batch)
-    record = json.loads(weights.with_suffix(".json").read_text())
-    record["test"] = {**result, "eval_seconds": round(time.perf_counter() - t0, 1), **extra}
-    record["file_bytes"] = weights.stat().st_size
-    weights.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
-    return record
+    return store_test(weights, result, time.perf_counter() - t0, **extra)
 
 
 def main(argv: list[str] | None = None) -> None:
