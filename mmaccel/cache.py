@@ -85,6 +85,14 @@ class StaticKVCache:
         self.v[layer].scatter_(2, idx_BHTD, v_BHTD.to(self.v[layer].dtype))
         return self.k[layer], self.v[layer]
 
+    def move(self, src_BT: torch.Tensor, dst_BT: torch.Tensor) -> None:
+        """Copy every layer's entries at slots ``src_BT`` to slots ``dst_BT`` (same row; the
+        sources are read before anything is written)."""
+        B, H, _, D = self.k[0].shape
+        src, dst = (x[:, None, :, None].expand(B, H, x.shape[1], D) for x in (src_BT, dst_BT))
+        for buf in (*self.k, *self.v):
+            buf.scatter_(2, dst, buf.gather(2, src))
+
     def commit(self, num_B: torch.Tensor) -> None:
         """Mark the first ``num_B`` tokens of the block just written as valid."""
         self.lens_B += num_B.to(torch.int32)

@@ -17,8 +17,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from mmaccel import window
+from mmaccel import draft_length, window
 from mmaccel.compiled import MODES, CompiledStep, record_compiled, record_eager, resolve_mode
+from mmaccel.draft_length import LengthPolicy
 from mmaccel.drafters import DraftContext, NoDraft
 from mmaccel.hf import StreamFeed, generation_defaults, refuse_unsupported
 from mmaccel.methods import (
@@ -32,6 +33,7 @@ from mmaccel.methods import (
     not_masked,
     not_raster,
     resolve_method,
+    variable_drafts,
 )
 from mmaccel.models import CausalLM, as_causal_lm, device_of, weights_id
 from mmaccel.sampling import Draws, SamplingConfig, sample
@@ -309,6 +311,10 @@ def _decode(
     rows, prompt_T = ids_BT.shape
     H = max_new_tokens // grid_width if isinstance(config, ZipARConfig) else 0
     streams = num_streams(H, grid_width, config.zipar_window) if H else 1
+    reported = config
+    adaptive = isinstance(config, JacobiConfig) and config.window == "auto" and variable_drafts(config)
+    if adaptive:  # each step's length is chosen as it goes (mmaccel.draft_length)
+        config = dataclasses.replace(config, window=min(draft_length.AUTO_WINDOW, max_new_tokens))
     if isinstance(config, JacobiConfig) and config.window == "auto" and probe_steps == 0:
         K = 0
         if config.name != "zipar":  # plain ZipAR has no drafts to choose
@@ -327,7 +333,7 @@ def _decode(
     ids_BT, lens_B = ids_BT.to(device), lens_B.to(device)
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
     zipar = ZipARLayout(H, grid_width, min(config.zipar_window, grid_width), streams, K) if H else None
-    block = streams * (K + 1)
+    block = streams * (K + 1) if zipar is not None else 1 + drafter.branches * K
     cache = lm.new_cache(rows, prompt_T + max_new_tokens + block)
 
     # prefill: the whole (right-padded) prompt in one forward; padding is masked out by lens_B
@@ -347,27 +353,45 @@ def _decode(
     )
     draft = drafter.start(ctx, first_B) if zipar is None else NoDraft().start(ctx, first_B)
     # a step emits at most one block's worth of tokens per row
+    q_BKV = (
+        draft.q_BKV.clone() if draft.q_BKV is not None else torch.zeros(B, 0, lm.vocab_size, device=device)
+    )
+    draft_len_B = draft.length_B.clone() if draft.length_B is not None else torch.full_like(ones_B, K)
     state = DecodeState(first_B.clone(), ctx.num_generated_B, done_B, ones_B.clone(),
                         torch.zeros(block + 1, dtype=torch.long, device=device), draft.tokens_BK.clone(),
-                        draft.q_BKV.clone(), torch.zeros_like(history_BN), torch.zeros(1, dtype=torch.long, device=device))  # fmt: skip
+                        q_BKV, torch.zeros_like(history_BN), torch.zeros(1, dtype=torch.long, device=device),
+                        draft_len_B)  # fmt: skip
     state.emitted_hist_T[1] += B
 
     # what makes two calls the same compiled step (the same weights' module, method, sampling, shapes)
     kind = (type(lm).__qualname__, weights_id(lm), config, sampling, rows, block, max_new_tokens,
             eos_ids, cache.capacity, str(device))  # fmt: skip
-    if zipar is not None:
-        runner = ZipARRunner(zipar, cache, drafter, acceptor, sampling, ctx, state, lens_B, lm)
-        fn, args, shapes, mutated = zipar_step, (runner,), runner.draws_shapes(), runner.tensors()
-    else:
-        fn = verify_step
-        args = (lm, cache, drafter, acceptor, sampling, state, ctx, max_new_tokens, eos_ids)
-        shapes = step_draws(drafter, acceptor, B, lm.vocab_size)
-        mutated = [*state.tensors(), history_BN, cache.lens_B, *cache.k, *cache.v]
-    kind = (fn.__name__, *kind)
-    mode = resolve_mode(compile_mode, device, kind)
-    step = CompiledStep(fn, [(rows, block)], mode, args=args, kind=kind, mutated=mutated,
-                        fallback=compile_mode == "auto")  # fmt: skip
+    steps: dict[int | None, tuple[CompiledStep, Any, int]] = {}  # step length -> (step, draws, block)
+
+    def step_of(k: int | None) -> tuple[CompiledStep, Any, int]:
+        """The step verifying ``k`` drafts (None: the whole window), made at first use."""
+        if k in steps:
+            return steps[k]
+        if zipar is not None:
+            runner = ZipARRunner(zipar, cache, drafter, acceptor, sampling, ctx, state, lens_B, lm)
+            fn, args, shapes, mutated = zipar_step, (runner,), runner.draws_shapes(), runner.tensors()
+        else:
+            fn = verify_step
+            args = (lm, cache, drafter, acceptor, sampling, state, ctx, max_new_tokens, eos_ids, k)
+            shapes = step_draws(drafter, acceptor, B, lm.vocab_size, k)
+            mutated = [*state.tensors(), history_BN, cache.lens_B, *cache.k, *cache.v]
+        kind_k = (fn.__name__, k, *kind)
+        mode = resolve_mode(compile_mode, device, kind_k)
+        size = block if k is None else 1 + drafter.branches * k
+        step = CompiledStep(fn, [(rows, size)], mode, args=args, kind=kind_k, mutated=mutated,
+                            fallback=compile_mode == "auto")  # fmt: skip
+        steps[k] = step, shapes, size
+        return steps[k]
+
+    variable = zipar is None and drafter.variable and K > 0
+    policy = LengthPolicy((window.method_key(lm, config, sampling), rows, str(device)), K, adaptive)
     if probe_steps:
+        step, shapes, _ = step_of(None)
         return _time_steps(step, shapes, generator, device, rows, block, state, probe_steps)
     t_loop = time.perf_counter()
 
@@ -377,29 +401,45 @@ def _decode(
     bar.update(emitted)
     pad = pad_token_id if pad_token_id is not None else (eos_ids[0] if eos_ids else 0)
     stream = StreamFeed(streamer, input_ids, ctx.history_BN, pad)
+    ran: tuple[int, float, list[int], list[int], list[int]] | None = None  # the last step, to time
     while True:
-        # the loop's one host sync per iteration: whether every row is done, and each row's count
-        done_gen = torch.cat([state.done_B.long(), state.num_generated_B]).tolist()
-        all_done, total = all(done_gen[:B]), sum(done_gen[B:])
-        stream.put(done_gen[:B], done_gen[B:], all_done)
-        bar.update(total - emitted)
-        emitted = total
+        # the loop's one host sync per iteration: whether every row is done, each row's count and
+        # (variable drafts) each row's real drafts
+        synced = [state.done_B.long(), state.num_generated_B] + ([state.draft_len_B] if variable else [])
+        done_gen = torch.cat(synced).tolist()
+        all_done, counts = all(done_gen[:B]), done_gen[B : 2 * B]
+        if ran is not None:  # the step's seconds end at this sync
+            k, t0, active, before, drafts = ran
+            kept = [counts[b] - before[b] - 1 for b in active]
+            policy.observe(k, time.perf_counter() - t0, [drafts[b] for b in active], kept)
+        stream.put(done_gen[:B], counts, all_done)
+        bar.update(sum(counts) - emitted)
+        emitted = sum(counts)
         if all_done:
             break
-        step(Draws.draw(shapes, generator, device), bucket=(rows, block))
+        k = None
+        if variable:
+            active = [b for b in range(B) if not done_gen[b]]
+            drafts = done_gen[2 * B :]
+            k = policy.choose(max(drafts[b] for b in active))
+            ran = k, time.perf_counter(), active, counts, drafts
+        step, shapes, size = step_of(k)
+        step(Draws.draw(shapes, generator, device), bucket=(rows, size))
         forwards += 1
     bar.close()
     loop_s = time.perf_counter() - t_loop
-    if compile_mode == "auto" and step.mode == "eager":
-        record_eager(kind, loop_s, forwards - 1)
-    elif compile_mode == "auto" and step.mode == "compile" and not step.compiled_in_call:
-        record_compiled(kind, loop_s, forwards - 1)
+    if len(steps) == 1 and compile_mode == "auto":  # steps of several lengths: no one kind to credit
+        step = next(iter(steps.values()))[0]
+        if step.mode == "eager":
+            record_eager(step.kind, loop_s, forwards - 1)
+        elif step.mode == "compile" and not step.compiled_in_call:
+            record_compiled(step.kind, loop_s, forwards - 1)
     hist = state.emitted_hist_T.cpu().tolist()
-    if forwards > 1:
+    if forwards > 1 and not variable:  # a variable drafter's lengths are mmaccel.draft_length's
         window.record(lm, config, sampling, K, window.step_histogram(hist, B))
 
     # as transformers: the call ends when every row has stopped, so the output ends at the longest row
-    width = max(done_gen[B:]) if eos_ids else max_new_tokens
+    width = max(counts) if eos_ids else max_new_tokens
     new_BN = ctx.history_BN[:, :width]
     new_BN = torch.where(
         torch.arange(width, device=device)[None] < state.num_generated_B[:, None], new_BN, pad
@@ -414,7 +454,7 @@ def _decode(
         forward_passes_per_row=state.steps_B.cpu(),
         accepted_histogram=hist,
         latency_s=time.perf_counter() - t0,
-        method=config,
+        method=reported if adaptive else config,
         token_forward_index=state.token_forward_BN[:, :width].cpu(),
     )
 

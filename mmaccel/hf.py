@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import inspect
 import logging
+from contextlib import nullcontext
 from typing import Any
 
 import torch
 
 from mmaccel.cache import StaticKVCache
+from mmaccel.cpu_linear import packed_linears
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,7 @@ class HFCausalLM:
         self.family = f"hf:{cfg.model_type}"
         params = inspect.signature(model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._packed = packed_linears(model)  # None off a CPU (mmaccel.cpu_linear)
 
     @property
     def device(self) -> torch.device:
@@ -99,14 +102,16 @@ class HFCausalLM:
         bias_B1TS = torch.zeros(mask_BTS.shape, dtype=self.dtype, device=mask_BTS.device)
         bias_B1TS = bias_B1TS.masked_fill(~mask_BTS, torch.finfo(self.dtype).min)[:, None]
         kwargs = {self._cache_kw: _SlotCache(cache, slots_BT)}
-        out = self.model(
-            input_ids=tokens_BT,
-            position_ids=pos_BT,
-            attention_mask=bias_B1TS,
-            use_cache=True,
-            return_dict=True,
-            **kwargs,
-        )
+        packed = self._packed is not None and not torch.compiler.is_compiling()
+        with self._packed.active() if packed else nullcontext():
+            out = self.model(
+                input_ids=tokens_BT,
+                position_ids=pos_BT,
+                attention_mask=bias_B1TS,
+                use_cache=True,
+                return_dict=True,
+                **kwargs,
+            )
         return out.logits
 
     __call__ = forward

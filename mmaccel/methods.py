@@ -82,14 +82,18 @@ class PromptLookupConfig(JacobiConfig):
     """Prompt-lookup drafts for text (``mmaccel.drafters.prompt_lookup``), verified by speculative
     sampling (one-hot drafts: kept with probability p(x); greedy: kept iff the argmax); lossless.
 
-    ``window``: drafts per step (copied tokens), or ``"auto"``. ``ngram_max`` / ``ngram_min``:
-    the longest and shortest suffix n-gram looked up in the prompt and the text so far.
+    ``window``: the most drafts a step verifies per branch (a step verifies only what was
+    copied: ``mmaccel.draft_length``), or ``"auto"`` (each step's length chosen from measured
+    costs and acceptance, up to 16). ``ngram_max`` / ``ngram_min``: the longest and shortest
+    suffix n-gram looked up in the prompt and the text so far. ``branches``: continuations of
+    different matches verified together in one forward (tree mask), the longest kept one wins.
     """
 
     name: str = "prompt-lookup"
     window: int | str = "auto"
     ngram_max: int = 3
     ngram_min: int = 1
+    branches: int = 1
 
 
 @dataclass(frozen=True)
@@ -170,7 +174,8 @@ DESCRIPTIONS: dict[str, str] = {
     "zipar+sjd": "ZipAR with an SJD window on every active row, verified in the same forward; lossy",
     "zipar+lantern": "ZipAR with a LANTERN-verified window on every active row; lossy",
     "prompt-lookup": "text: copy what followed the latest earlier occurrence of the last ngram_max..ngram_min "
-    "tokens (prompt lookup decoding), verified by speculative sampling; lossless",
+    "tokens (prompt lookup decoding; branches > 1: several continuations in one forward), verified by "
+    "speculative sampling; lossless",
     "code": "collaborative decoding (CoDe, arXiv 2411.17787) of a next-scale (VAR) pair: the large model draws "
     "the first draft_scales scales, the small one the rest; lossy",
     "cspd": "continuous speculative decoding (CSpD, arXiv 2411.11925) of a masked-set (MAR) pair: the draft runs "
@@ -213,7 +218,7 @@ OPTIONS: dict[str, tuple[str, ...]] = {
     "zipar": ("zipar_window", "grid_width"),
     "zipar+sjd": ("zipar_window",) + _JACOBI_OPTIONS,
     "zipar+lantern": ("zipar_window",) + _JACOBI_OPTIONS + _LANTERN_OPTIONS,
-    "prompt-lookup": ("window", "ngram_max", "ngram_min"),
+    "prompt-lookup": ("window", "ngram_max", "ngram_min", "branches"),
     "code": ("draft_scales",),
     "cspd": ("gamma", "prefill_ratio", "num_iter", "cspd_kappa"),
 }
@@ -333,7 +338,7 @@ def _validate(config: MethodConfig) -> None:
         if config.grid_width is not None and config.grid_width < 1:
             raise ValueError(f"grid_width must be >= 1, got {config.grid_width!r}")
     if isinstance(config, PromptLookupConfig):
-        for name in ("ngram_max", "ngram_min"):
+        for name in ("ngram_max", "ngram_min", "branches"):
             value = getattr(config, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
@@ -391,6 +396,12 @@ def codebook_of(lm: Any, method: str) -> torch.Tensor:
     return codebook
 
 
+def variable_drafts(config: MethodConfig) -> bool:
+    """Whether the method's drafter drafts a varying number of real tokens per step, so each
+    step verifies only those (``mmaccel.draft_length``)."""
+    return isinstance(config, PromptLookupConfig)
+
+
 def build(config: MethodConfig, lm: Any = None) -> tuple[Drafter, Acceptor]:
     """The drafter and acceptor of a method (``lm``: the model, for methods that read it)."""
     if isinstance(config, ARConfig):
@@ -405,7 +416,8 @@ def build(config: MethodConfig, lm: Any = None) -> tuple[Drafter, Acceptor]:
         # no drafts: every acceptor then samples p at the pending position, which is plain decoding
         return NoDraft(), ExactMatch()
     if isinstance(config, PromptLookupConfig):
-        return PromptLookupDrafter(config.window, config.ngram_max, config.ngram_min), SJDAcceptor()
+        drafter = PromptLookupDrafter(config.window, config.ngram_max, config.ngram_min, config.branches)
+        return drafter, SJDAcceptor()
     if isinstance(config, ZipARConfig):
         drafter = (
             NoDraft()

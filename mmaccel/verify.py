@@ -20,8 +20,10 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 import torch
+import torch.nn.functional as F
 
 from mmaccel.acceptors import Acceptor
+from mmaccel.acceptors.branches import accept_branches, branch_draws, branch_mask, branch_positions
 from mmaccel.cache import StaticKVCache
 from mmaccel.drafters import Draft, DraftContext, Drafter
 from mmaccel.models import CausalLM
@@ -38,9 +40,10 @@ class DecodeState:
     steps_B: torch.Tensor  # int64: verify steps while active (per-row forward passes)
     emitted_hist_T: torch.Tensor  # int64 [block + 1]: steps that emitted k tokens
     draft_tokens_BK: torch.Tensor  # int64: the drafts the next step verifies
-    draft_q_BKV: torch.Tensor  # float: the distribution each draft was drawn from
+    draft_q_BKV: torch.Tensor  # float: the distribution each draft was drawn from ([B, 0, V]: one-hot)
     token_forward_BN: torch.Tensor  # int64: which forward committed each generated token
     forwards_1: torch.Tensor  # int64 [1]: verify forwards so far (the prefill is forward 0)
+    draft_len_B: torch.Tensor  # int64: real drafts in the window (``Draft.length_B``; else K)
 
     def tensors(self) -> list[torch.Tensor]:
         return [getattr(self, f.name) for f in fields(self)]
@@ -67,11 +70,16 @@ def cfg_rows(x_B: torch.Tensor, sampling: SamplingConfig) -> torch.Tensor:
     return torch.cat([x_B, x_B]) if sampling.cfg_scale is not None else x_B
 
 
-def step_draws(drafter: Drafter, acceptor: Acceptor, B: int, V: int) -> Shapes:
-    """Every U[0, 1) number one verify step of B rows consumes, by consumer."""
-    return prefixed(
-        {"accept": acceptor.draws_shapes(B, drafter.window, V), "draft": drafter.update_draws(B, V)}
+def step_draws(drafter: Drafter, acceptor: Acceptor, B: int, V: int, k: int | None = None) -> Shapes:
+    """Every U[0, 1) number one verify step of B rows with ``k`` drafts (default: the window)
+    consumes, by consumer."""
+    k = drafter.window if k is None else k
+    accept = (
+        branch_draws(B, drafter.branches, k, V)
+        if drafter.branches > 1 and k
+        else acceptor.draws_shapes(B, k, V)
     )
+    return prefixed({"accept": accept, "draft": drafter.update_draws(B, V)})
 
 
 def verify_step(
@@ -84,20 +92,43 @@ def verify_step(
     ctx: DraftContext,
     max_new_tokens: int,
     eos_ids: tuple[int, ...],
+    k: int | None,
     draws_N: torch.Tensor,  # [plan size] U[0, 1), cut by ``step_draws``
 ) -> None:
     """One verify step for all rows, in place on ``cache``, ``state`` and ``ctx.history_BN``.
 
-    Rows already done are still run (shapes stay static) but emit and commit nothing.
+    ``k``: verify only the first k drafts of the window (a ``variable`` drafter's step length,
+    ``mmaccel.draft_length``); None: all of them. Rows already done are still run (shapes stay
+    static) but emit and commit nothing.
     """
-    tokens_BK, q_BKV = state.draft_tokens_BK, state.draft_q_BKV
-    B, K = tokens_BK.shape
-    draws = Draws.split(draws_N, step_draws(drafter, acceptor, B, ctx.vocab_size))
-    tokens_BT = torch.cat([state.pending_B[:, None], tokens_BK], dim=1)
-    slots_BT = cache.slots(K + 1)
-    logits = lm.forward(cfg_rows(tokens_BT, sampling), slots_BT, cache, slots_BT, cache.attn_mask(K + 1))
+    B, G, V = state.pending_B.shape[0], drafter.branches, ctx.vocab_size
+    K = drafter.window if k is None else k
+    tokens_BGK = state.draft_tokens_BK.view(B, G, -1)[:, :, :K]
+    draws = Draws.split(draws_N, step_draws(drafter, acceptor, B, V, K))
+    tokens_BT = torch.cat([state.pending_B[:, None], tokens_BGK.reshape(B, G * K)], dim=1)
+    T = tokens_BT.shape[1]
+    slots_BT = cache.slots(T)
+    if G > 1 and K:  # branches: each sees the pending token and its own drafts, at its own depths
+        pos_BT = slots_BT[:, :1] + branch_positions(G, K, slots_BT.device)[None]
+        mask_BTS = cache.attn_mask(
+            T, branch_mask(G, K, slots_BT.device)[None].expand(slots_BT.shape[0], -1, -1)
+        )
+        logits = lm.forward(cfg_rows(tokens_BT, sampling), pos_BT, cache, slots_BT, mask_BTS)
+    else:
+        logits = lm.forward(cfg_rows(tokens_BT, sampling), slots_BT, cache, slots_BT, cache.attn_mask(T))
     p_BTV = target_probs(logits, sampling)
-    acc = acceptor.accept(tokens_BK, q_BKV, p_BTV, draws.sub("accept"))
+    if G > 1 and K:
+        acc, branch_B = accept_branches(tokens_BGK, p_BTV, draws.sub("accept"))
+        tokens_BK = tokens_BGK.gather(1, branch_B[:, None, None].expand(-1, 1, K))[:, 0]
+        # the kept branch's entries move to the slots right after the pending token
+        depth_1K = torch.arange(1, K + 1, device=slots_BT.device)[None]
+        branch_all = cfg_rows(branch_B, sampling)[:, None]
+        cache.move(slots_BT[:, :1] + branch_all * K + depth_1K, slots_BT[:, :1] + depth_1K)
+        q_BKV = None
+    else:
+        tokens_BK = tokens_BGK[:, 0]
+        q_BKV = F.one_hot(tokens_BK, V).to(p_BTV.dtype) if drafter.one_hot else state.draft_q_BKV[:, :K]
+        acc = acceptor.accept(tokens_BK, q_BKV, p_BTV, draws.sub("accept"))
 
     # emitted this step: the n kept drafts, then the next token
     arange_T = torch.arange(K + 1, device=tokens_BT.device)[None]
@@ -134,4 +165,7 @@ def verify_step(
     state.emitted_hist_T.scatter_add_(0, count_B, (~was_done_B).long())
     nxt = drafter.update(ctx, Draft(tokens_BK, q_BKV), p_BTV, acc, draws.sub("draft"))
     state.draft_tokens_BK.copy_(nxt.tokens_BK)
-    state.draft_q_BKV.copy_(nxt.q_BKV)
+    if nxt.q_BKV is not None:
+        state.draft_q_BKV.copy_(nxt.q_BKV)
+    if nxt.length_B is not None:
+        state.draft_len_B.copy_(nxt.length_B)

@@ -27,6 +27,7 @@ METHOD_OPTIONS = {
     "sjd-vertical": ("sjd", dict(window=3, init="vertical", grid_width=2)),
     "sjd-coupled": ("sjd-coupled", dict(window=2, init="horizontal")),
     "prompt-lookup": ("prompt-lookup", dict(window=3, ngram_max=2)),
+    "prompt-lookup-branches": ("prompt-lookup", dict(window=2, ngram_max=2, branches=3)),
 }
 
 

@@ -31,9 +31,17 @@ def test_prompt_lookup_copies_what_followed_the_longest_most_recent_match():
     ctx = context([[5, 6, 7, 8, 9, 6, 1, 3], [4, 1, 4, 2], [1, 2, 3]], [[5, 6], [3, 4], [7]])
     draft = PromptLookupDrafter(window=4, ngram_max=3, ngram_min=1).start(ctx, torch.tensor([6, 4, 7]))
     assert draft.tokens_BK.tolist() == [[7, 8, 9, 6], [2, 3, 4, 4], [7, 7, 7, 7]]
-    assert torch.equal(draft.q_BKV.argmax(-1), draft.tokens_BK) and torch.equal(
-        draft.q_BKV.sum(-1), torch.ones(3, 4)
-    )
+    assert draft.length_B.tolist() == [4, 3, 0]  # copied tokens (the rest is filler)
+    assert draft.q_BKV is None  # one-hot at the drafts: the step builds it for what it verifies
+
+
+def test_branches_copy_continuations_that_start_differently():
+    # after "1": the bigram "2 1" is nowhere, the unigram 1 is followed by 5 (latest), 5 again, then 3
+    ctx = context([[1, 3, 4, 1, 5, 6, 1, 5, 7, 2]], [[1]])
+    draft = PromptLookupDrafter(window=2, ngram_max=2, ngram_min=1, branches=3).start(ctx, torch.tensor([1]))
+    # branch 0: the most recent 1 -> 5 7; branch 1: the best other first token -> 3 4; branch 2: none
+    assert draft.tokens_BK.tolist() == [[5, 7, 3, 4, 1, 1]]
+    assert draft.length_B.tolist() == [2]
 
 
 def test_ngram_min_refuses_short_matches():
@@ -100,13 +108,49 @@ class Counter(Bigram):
         return 4.0 * torch.nn.functional.one_hot((pos_BT + 1) % self.vocab_size, self.vocab_size).float()
 
 
-def test_auto_window_settles_on_plain_decoding_when_drafts_are_never_accepted():
+def test_a_step_with_nothing_to_copy_verifies_no_draft():
+    # the text never repeats: prompt lookup copies nothing, so every step is a one-token step,
+    # whether the window is pinned or auto
     model = Counter(vocab=128)
     ids = torch.tensor([[120, 121, 122]])
-    first = mmaccel.generate(model, ids, "prompt-lookup", max_new_tokens=60, do_sample=False)
-    assert first.new_tokens[0].tolist() == list(range(3, 63))
-    if first.method.window > 0:  # the prior was optimistic: what it measured must now rule it out
-        assert max(i for i, c in enumerate(first.accepted_histogram) if c) == 1
-    again = mmaccel.generate(model, ids, "prompt-lookup", max_new_tokens=60, do_sample=False)
-    assert again.method.window == 0
-    assert again.num_forward_passes == 60
+    for window in (8, "auto"):
+        out = mmaccel.generate(model, ids, "prompt-lookup", max_new_tokens=60, do_sample=False, window=window)
+        assert out.new_tokens[0].tolist() == list(range(3, 63))
+        assert out.num_forward_passes == 60 and out.accepted_histogram[2:] == [0] * (
+            len(out.accepted_histogram) - 2
+        )
+    assert out.method.window == "auto"
+
+
+def test_variable_steps_verify_only_the_copied_prefix():
+    # window 8, but a copied continuation shorter than 8 must not be padded to 8: the bigram
+    # model's cycle is copied in full, so forwards are as few as with the window, and the
+    # output is the greedy one
+    model = Bigram()
+    ids = torch.tensor([[1, 2, 3]])
+    ar = mmaccel.generate(model, ids, "ar", max_new_tokens=40, do_sample=False)
+    for window in (8, "auto"):
+        out = mmaccel.generate(model, ids, "prompt-lookup", max_new_tokens=40, do_sample=False, window=window)
+        assert torch.equal(out.sequences, ar.sequences)
+
+
+def test_a_branch_other_than_the_first_is_kept_and_its_cache_entries_moved():
+    # the prefill writes c1; the latest c1 is followed by z (wrong), an earlier one by c2 c3 c4
+    # (what the bigram model writes): branch 1 is kept whole, from slots that branch 0 did not use
+    model = Bigram(seed=1)  # its cycle through 0 is 8 tokens long
+    c = [0]
+    for _ in range(6):
+        c.append(int(model.perm[c[-1]]))
+    assert len(set(c)) == len(c), "the test needs a cycle of at least 7 tokens"
+    z = next(t for t in range(16) if t not in c)
+    ids = torch.tensor([[c[1], c[2], c[3], c[4], c[5], c[1], z, c[0]]])
+    ar = mmaccel.generate(model, ids, "ar", max_new_tokens=12, do_sample=False)
+    one = mmaccel.generate(
+        model, ids, "prompt-lookup", max_new_tokens=12, do_sample=False, window=3, ngram_max=1
+    )
+    two = mmaccel.generate(model, ids, "prompt-lookup", max_new_tokens=12, do_sample=False, window=3, ngram_max=1,
+                           branches=2)  # fmt: skip
+    assert torch.equal(one.sequences, ar.sequences) and torch.equal(two.sequences, ar.sequences)
+    # the first verify step keeps c2 c3 c4 (branch 1) plus the bonus; with one branch, z is rejected
+    assert two.token_forward_index[0, :5].tolist() == [0, 1, 1, 1, 1]
+    assert one.token_forward_index[0, :3].tolist() == [0, 1, 2]

@@ -20,6 +20,7 @@ TEXT_METHODS = [
     ("sjd-coupled", {"window": 3, "init": "horizontal"}),
     ("prompt-lookup", {"window": 5}),
     ("prompt-lookup", {"window": 3, "ngram_max": 1, "ngram_min": 1}),
+    ("prompt-lookup", {"window": 3, "branches": 3, "ngram_max": 2, "ngram_min": 1}),
 ]
 
 

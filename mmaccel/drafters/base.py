@@ -39,7 +39,10 @@ class DraftContext:
 @dataclass
 class Draft:
     tokens_BK: torch.Tensor  # int64 [B, K]
-    q_BKV: torch.Tensor  # float [B, K, V]: the distribution each token was drawn from
+    q_BKV: torch.Tensor | None  # float [B, K, V]: the distribution each token was drawn from (None: one-hot)
+    # int64 [B]: the real drafts (a prefix of the window; the rest is filler), for a drafter whose
+    # ``variable`` is True; None: all K are real
+    length_B: torch.Tensor | None = None
 
 
 class Drafter:
@@ -47,6 +50,16 @@ class Drafter:
     shapes of the draws each consumes."""
 
     window: int = 0
+    # whether a step may verify only a prefix of the window (``mmaccel.draft_length``): the drafter
+    # reports ``Draft.length_B``, ignores ``p_BTV`` past what it verified, and has no state in the
+    # window's slots (each window is recomputed from the context)
+    variable: bool = False
+    # drafts are deterministic (q one-hot at each draft): the drafter returns ``q_BKV=None`` and
+    # the step builds the one-hot q of only the drafts it verifies
+    one_hot: bool = False
+    # several branches of ``window`` drafts each, laid out branch after branch in the window and
+    # verified in one forward (``mmaccel.acceptors.branches``); needs ``one_hot``
+    branches: int = 1
 
     def start_draws(self, B: int, V: int) -> Shapes:
         """U[0, 1) numbers one ``start`` of B rows consumes."""

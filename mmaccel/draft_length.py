@@ -1,0 +1,131 @@
+"""How many drafts each verify step carries, for drafters whose drafts vary in length.
+
+A prompt-lookup drafter has K real drafts when the text so far repeats an earlier n-gram and
+none when it does not; a verify block padded to K tokens regardless costs, on a 2-core CPU
+with SmolLM2-135M, 1.7x a one-token step for drafts that cannot be kept. So such a drafter
+reports its real length L per row (``Draft.length_B``), the decode loop reads the longest
+active one with the state it already syncs, and the step runs with k drafts, k on the ladder
+``0, 1, 2, 4, 8, 16, ...`` (each k is one step shape; a compiled step compiles each once).
+
+* A fixed ``window=K``: k is the smallest ladder length >= L (at most K), so no real draft
+  is dropped and no step verifies a block of filler.
+* ``window="auto"``: K is ``AUTO_WINDOW`` and k is chosen per step to maximise the expected
+  tokens per second, tau(k) / cost(k), over the ladder lengths up to the one covering L:
+
+  - cost(k): the mean seconds of this process's recent steps of that length (model, method,
+    sampling, batch, device), measured between the loop's syncs; a length with fewer than
+    ``MIN_TIMED`` steps is explored (run) first when it is a candidate, shortest first,
+    so 0 (plain decoding) is timed before any draft is;
+  - tau(k) = 1 + sum_{j <= min(k, L)} s(j), s(j) the share of steps verifying >= j drafts
+    that kept >= j, shrunk towards a cautious prior (``PRIOR_FIRST``, ``PRIOR_RATIO``,
+    ``PRIOR_STEPS`` pseudo-steps): text drafts are often wrong, and a wrong one costs; a depth
+    too rarely verified to be measured extends the deepest measured one at its measured ratio
+    (so lengths past those tried are explored when the drafts tried are mostly kept);
+  - a length k > 0 must promise ``MARGIN`` times plain decoding's rate to be chosen.
+
+  Drafting stops paying when the measured acceptance says so, and the step is then plain
+  decoding at the plain step's cost (plus the drafter's lookup): ``auto`` is not meant to be
+  slower than ``ar``.
+
+Every k verifies its drafts exactly (``mmaccel.verify``): greedy output is the greedy tokens
+whatever k is; sampled output keeps the target's law, but with ``auto`` its draws depend on the
+lengths chosen, hence on timing: the same seed gives the same distribution, not the same tokens.
+Pin ``window=`` for outputs a seed reproduces.
+
+Owns: the per-process timing and acceptance table of each (method key, batch, device) and the
+choice. Must never: run inside a step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+
+LADDER = (0, 1, 2, 4, 8, 16, 32, 64)
+AUTO_WINDOW = 16  # the longest draft ``auto`` may verify
+MIN_TIMED = 3  # steps of a length before its median cost is trusted
+KEEP_TIMES = 63  # most recent step times kept per length
+PRIOR_FIRST, PRIOR_RATIO, PRIOR_STEPS = 0.3, 0.7, 4.0
+MIN_REACHED = 8  # steps verifying a draft depth before its own acceptance replaces the extension
+MARGIN = 1.05  # expected tokens per second a draft length must promise over plain decoding
+
+
+def lengths(window: int) -> list[int]:
+    """The step lengths a window of ``window`` drafts may run: the ladder below it, and itself."""
+    return sorted({k for k in LADDER if k < window} | {window})
+
+
+def covering(window: int, longest: int) -> int:
+    """The shortest step length that carries ``longest`` drafts (at most ``window``)."""
+    return min(k for k in lengths(window) if k >= min(longest, window))
+
+
+@dataclass
+class Table:
+    """What one (method, batch, device) measured: step seconds by length, and acceptance."""
+
+    seconds: dict[int, list[float]] = field(default_factory=dict)
+    reached: dict[int, int] = field(default_factory=dict)  # j -> steps that verified >= j drafts
+    kept: dict[int, int] = field(default_factory=dict)  # j -> of those, steps that kept >= j
+
+    def survival(self, j: int) -> float:
+        """s(j): P(a step verifying >= j drafts keeps >= j). Where fewer than ``MIN_REACHED``
+        steps verified j, extended geometrically from the deepest well-measured j0 < j at its
+        own measured ratio s(j0) / s(j0 - 1) (copied text runs on: the ratio is high where drafts
+        are right), else the prior's."""
+        if j <= 0:
+            return 1.0
+        j0 = max((i for i in range(1, j + 1) if self.reached.get(i, 0) >= MIN_REACHED), default=0)
+        if j0 == j or j0 == 0:
+            prior = PRIOR_FIRST * PRIOR_RATIO ** (j - 1)
+            return (self.kept.get(j, 0) + PRIOR_STEPS * prior) / (self.reached.get(j, 0) + PRIOR_STEPS)
+        s0 = self.survival(j0)
+        ratio = s0 / self.survival(j0 - 1) if j0 >= 2 else PRIOR_RATIO
+        return s0 * min(ratio, 1.0) ** (j - j0)
+
+    def cost(self, k: int) -> float | None:
+        """Mean seconds of a step of length k, the slowest one left out (a one-off stall); None
+        until ``MIN_TIMED`` were run. The mean, not the median: tokens per second is total
+        tokens over total time."""
+        times = self.seconds.get(k, [])
+        return (sum(times) - max(times)) / (len(times) - 1) if len(times) >= MIN_TIMED else None
+
+
+_TABLES: dict[Hashable, Table] = {}
+
+
+class LengthPolicy:
+    """Chooses each step's length for one call (module docstring); ``adaptive``: ``auto``."""
+
+    def __init__(self, key: Hashable, window: int, adaptive: bool) -> None:
+        self.window, self.adaptive = window, adaptive
+        self.table = _TABLES.setdefault(key, Table())
+
+    def choose(self, longest: int) -> int:
+        """The length of the next step, given the longest real draft of an active row."""
+        top = covering(self.window, longest)
+        if not self.adaptive or top == 0:
+            return top
+        candidates = [k for k in lengths(self.window) if k <= top]
+        for k in candidates:  # explore: a length not yet timed is run, shortest first
+            if self.table.cost(k) is None:
+                return k
+        # a draft must beat plain decoding by MARGIN: its estimates are noisy, and a wrong call
+        # would make ``auto`` slower than ``ar``
+        rate = {k: self.tokens(k, longest) / self.table.cost(k) / (MARGIN if k else 1.0) for k in candidates}
+        return max(candidates, key=lambda k: (rate[k], -k))
+
+    def tokens(self, k: int, longest: int) -> float:
+        """tau(k): expected tokens of a step of length k when the drafts are ``longest`` long."""
+        return 1.0 + sum(self.table.survival(j) for j in range(1, min(k, longest) + 1))
+
+    def observe(self, k: int, seconds: float, drafts: list[int], kept: list[int]) -> None:
+        """One step of length ``k`` took ``seconds``; each active row had ``drafts`` real drafts
+        in it and kept ``kept`` of them."""
+        times = self.table.seconds.setdefault(k, [])
+        times.append(seconds)
+        del times[:-KEEP_TIMES]
+        for d, n in zip(drafts, kept, strict=True):
+            for j in range(1, min(d, k) + 1):
+                self.table.reached[j] = self.table.reached.get(j, 0) + 1
+                self.table.kept[j] = self.table.kept.get(j, 0) + (n >= j)
