@@ -21,7 +21,16 @@ active one with the state it already syncs, and the step runs with k drafts, k o
     ``PRIOR_STEPS`` pseudo-steps): text drafts are often wrong, and a wrong one costs; a depth
     too rarely verified to be measured extends the deepest measured one at its measured ratio
     (so lengths past those tried are explored when the drafts tried are mostly kept);
-  - a length k > 0 must promise ``MARGIN`` times plain decoding's rate to be chosen.
+  - a length k > 0 must promise ``MARGIN`` times plain decoding's rate to be chosen;
+  - a call counts its own acceptance too, the process's estimate weighing ``CALL_PRIOR`` steps
+    against it: a few rejected drafts in this text outweigh what other texts did;
+  - acceptance is counted per evidence level a drafter gives its drafts (``Draft.evidence_B``:
+    prompt lookup's matched n-gram length; lookahead's pool candidates), the step using the
+    strongest level among its rows: a one-token match is a weaker guess than a three-token one;
+  - the acceptance counts of an evidence level decay by ``DECAY`` at each step that verifies
+    drafts of that level: the estimates follow the text being written (a summary copies, an
+    answer to an open question does not). A level judged not to pay is not drafted again in
+    the process (no step spent re-exploring it): "auto" errs towards plain decoding.
 
   Drafting stops paying when the measured acceptance says so, and the step is then plain
   decoding at the plain step's cost (plus the drafter's lookup): ``auto`` is not meant to be
@@ -46,7 +55,9 @@ AUTO_WINDOW = 16  # the longest draft ``auto`` may verify
 MIN_TIMED = 3  # steps of a length before its median cost is trusted
 KEEP_TIMES = 63  # most recent step times kept per length
 PRIOR_FIRST, PRIOR_RATIO, PRIOR_STEPS = 0.3, 0.7, 4.0
-MIN_REACHED = 8  # steps verifying a draft depth before its own acceptance replaces the extension
+DECAY = 0.98  # per step, of the acceptance counts: what the recent text does is what counts
+CALL_PRIOR = 3.0  # steps the process's estimate weighs against a call's own counts
+MIN_REACHED = 4  # (decayed) steps verifying a draft depth before its own acceptance replaces the extension
 MARGIN = 1.05  # expected tokens per second a draft length must promise over plain decoding
 
 
@@ -65,22 +76,26 @@ class Table:
     """What one (method, batch, device) measured: step seconds by length, and acceptance."""
 
     seconds: dict[int, list[float]] = field(default_factory=dict)
-    reached: dict[int, int] = field(default_factory=dict)  # j -> steps that verified >= j drafts
-    kept: dict[int, int] = field(default_factory=dict)  # j -> of those, steps that kept >= j
+    # (evidence, j) -> steps that verified >= j drafts, and of those, steps that kept >= j
+    reached: dict[tuple[int, int], float] = field(default_factory=dict)
+    kept: dict[tuple[int, int], float] = field(default_factory=dict)
 
-    def survival(self, j: int) -> float:
+    def survival(self, j: int, evidence: int = 0) -> float:
         """s(j): P(a step verifying >= j drafts keeps >= j). Where fewer than ``MIN_REACHED``
         steps verified j, extended geometrically from the deepest well-measured j0 < j at its
         own measured ratio s(j0) / s(j0 - 1) (copied text runs on: the ratio is high where drafts
-        are right), else the prior's."""
+        are right), else the prior's. Counted per ``evidence`` level of the drafts."""
         if j <= 0:
             return 1.0
-        j0 = max((i for i in range(1, j + 1) if self.reached.get(i, 0) >= MIN_REACHED), default=0)
+        e = evidence
+        j0 = max((i for i in range(1, j + 1) if self.reached.get((e, i), 0) >= MIN_REACHED), default=0)
         if j0 == j or j0 == 0:
             prior = PRIOR_FIRST * PRIOR_RATIO ** (j - 1)
-            return (self.kept.get(j, 0) + PRIOR_STEPS * prior) / (self.reached.get(j, 0) + PRIOR_STEPS)
-        s0 = self.survival(j0)
-        ratio = s0 / self.survival(j0 - 1) if j0 >= 2 else PRIOR_RATIO
+            return (self.kept.get((e, j), 0) + PRIOR_STEPS * prior) / (
+                self.reached.get((e, j), 0) + PRIOR_STEPS
+            )
+        s0 = self.survival(j0, e)
+        ratio = s0 / self.survival(j0 - 1, e) if j0 >= 2 else PRIOR_RATIO
         return s0 * min(ratio, 1.0) ** (j - j0)
 
     def cost(self, k: int) -> float | None:
@@ -95,37 +110,58 @@ _TABLES: dict[Hashable, Table] = {}
 
 
 class LengthPolicy:
-    """Chooses each step's length for one call (module docstring); ``adaptive``: ``auto``."""
+    """Chooses each step's length for one call (module docstring); ``adaptive``: ``auto``;
+    ``ladder``: the lengths a drafter's steps may take (default: the ladder up to ``window``)."""
 
-    def __init__(self, key: Hashable, window: int, adaptive: bool) -> None:
+    def __init__(self, key: Hashable, window: int, adaptive: bool, ladder: list[int] | None = None) -> None:
         self.window, self.adaptive = window, adaptive
+        self.ladder = sorted(ladder) if ladder is not None else lengths(window)
         self.table = _TABLES.setdefault(key, Table())
+        # this call's own counts, (evidence, j) -> steps; the process's table weighs CALL_PRIOR steps
+        self.reached: dict[tuple[int, int], int] = {}
+        self.kept: dict[tuple[int, int], int] = {}
 
-    def choose(self, longest: int) -> int:
-        """The length of the next step, given the longest real draft of an active row."""
-        top = covering(self.window, longest)
+    def survival(self, j: int, evidence: int) -> float:
+        """s(j) for this call: its own counts, starting from the process's estimate."""
+        key = evidence, j
+        return (self.kept.get(key, 0) + CALL_PRIOR * self.table.survival(j, evidence)) / (
+            self.reached.get(key, 0) + CALL_PRIOR
+        )
+
+    def choose(self, longest: int, evidence: int = 0) -> int:
+        """The length of the next step, given the longest real draft of an active row and the
+        strongest evidence level (``Draft.evidence_B``) among them."""
+        top = min(k for k in self.ladder if k >= min(longest, self.window))
         if not self.adaptive or top == 0:
             return top
-        candidates = [k for k in lengths(self.window) if k <= top]
+        candidates = [k for k in self.ladder if k <= top]
         for k in candidates:  # explore: a length not yet timed is run, shortest first
             if self.table.cost(k) is None:
                 return k
         # a draft must beat plain decoding by MARGIN: its estimates are noisy, and a wrong call
         # would make ``auto`` slower than ``ar``
-        rate = {k: self.tokens(k, longest) / self.table.cost(k) / (MARGIN if k else 1.0) for k in candidates}
+        rate = {k: self.tokens(k, longest, evidence) / self.table.cost(k) / (MARGIN if k else 1.0)
+                for k in candidates}  # fmt: skip
         return max(candidates, key=lambda k: (rate[k], -k))
 
-    def tokens(self, k: int, longest: int) -> float:
+    def tokens(self, k: int, longest: int, evidence: int = 0) -> float:
         """tau(k): expected tokens of a step of length k when the drafts are ``longest`` long."""
-        return 1.0 + sum(self.table.survival(j) for j in range(1, min(k, longest) + 1))
+        return 1.0 + sum(self.survival(j, evidence) for j in range(1, min(k, longest) + 1))
 
-    def observe(self, k: int, seconds: float, drafts: list[int], kept: list[int]) -> None:
+    def observe(
+        self, k: int, seconds: float, drafts: list[int], kept: list[int], evidence: list[int]
+    ) -> None:
         """One step of length ``k`` took ``seconds``; each active row had ``drafts`` real drafts
-        in it and kept ``kept`` of them."""
+        of ``evidence`` level in it and kept ``kept`` of them."""
         times = self.table.seconds.setdefault(k, [])
         times.append(seconds)
         del times[:-KEEP_TIMES]
-        for d, n in zip(drafts, kept, strict=True):
+        for d, n, e in zip(drafts, kept, evidence, strict=True):
+            if min(d, k) > 0:  # older steps of this evidence level count less
+                for key in [key for key in self.table.reached if key[0] == e]:
+                    self.table.reached[key] *= DECAY
+                    self.table.kept[key] *= DECAY
             for j in range(1, min(d, k) + 1):
-                self.table.reached[j] = self.table.reached.get(j, 0) + 1
-                self.table.kept[j] = self.table.kept.get(j, 0) + (n >= j)
+                for counts, hit in ((self.table.reached, 1), (self.table.kept, n >= j), (self.reached, 1),
+                                    (self.kept, n >= j)):  # fmt: skip
+                    counts[e, j] = counts.get((e, j), 0) + hit

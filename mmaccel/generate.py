@@ -37,7 +37,7 @@ from mmaccel.methods import (
 )
 from mmaccel.models import CausalLM, as_causal_lm, device_of, weights_id
 from mmaccel.sampling import Draws, SamplingConfig, sample
-from mmaccel.verify import DecodeState, is_eos, step_draws, target_probs, verify_step
+from mmaccel.verify import DecodeState, is_eos, step_draws, step_size, target_probs, verify_step
 from mmaccel.zipar import ZipARLayout, ZipARRunner, num_streams, zipar_forward_passes, zipar_step
 
 
@@ -333,7 +333,7 @@ def _decode(
     ids_BT, lens_B = ids_BT.to(device), lens_B.to(device)
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
     zipar = ZipARLayout(H, grid_width, min(config.zipar_window, grid_width), streams, K) if H else None
-    block = streams * (K + 1) if zipar is not None else 1 + drafter.branches * K
+    block = streams * (K + 1) if zipar is not None else 1 + K
     cache = lm.new_cache(rows, prompt_T + max_new_tokens + block)
 
     # prefill: the whole (right-padded) prompt in one forward; padding is masked out by lens_B
@@ -360,7 +360,7 @@ def _decode(
     state = DecodeState(first_B.clone(), ctx.num_generated_B, done_B, ones_B.clone(),
                         torch.zeros(block + 1, dtype=torch.long, device=device), draft.tokens_BK.clone(),
                         q_BKV, torch.zeros_like(history_BN), torch.zeros(1, dtype=torch.long, device=device),
-                        draft_len_B)  # fmt: skip
+                        draft_len_B, draft.evidence_B.clone() if draft.evidence_B is not None else ones_B * 0)  # fmt: skip
     state.emitted_hist_T[1] += B
 
     # what makes two calls the same compiled step (the same weights' module, method, sampling, shapes)
@@ -382,14 +382,16 @@ def _decode(
             mutated = [*state.tensors(), history_BN, cache.lens_B, *cache.k, *cache.v]
         kind_k = (fn.__name__, k, *kind)
         mode = resolve_mode(compile_mode, device, kind_k)
-        size = block if k is None else 1 + drafter.branches * k
+        size = block if k is None else step_size(drafter, k)
         step = CompiledStep(fn, [(rows, size)], mode, args=args, kind=kind_k, mutated=mutated,
                             fallback=compile_mode == "auto")  # fmt: skip
         steps[k] = step, shapes, size
         return steps[k]
 
     variable = zipar is None and drafter.variable and K > 0
-    policy = LengthPolicy((window.method_key(lm, config, sampling), rows, str(device)), K, adaptive)
+    depth = max(drafter.branch_lengths()) if zipar is None else K
+    policy = LengthPolicy((window.method_key(lm, config, sampling), rows, str(device)), depth, adaptive,
+                          drafter.step_ladder())  # fmt: skip
     if probe_steps:
         step, shapes, _ = step_of(None)
         return _time_steps(step, shapes, generator, device, rows, block, state, probe_steps)
@@ -401,17 +403,19 @@ def _decode(
     bar.update(emitted)
     pad = pad_token_id if pad_token_id is not None else (eos_ids[0] if eos_ids else 0)
     stream = StreamFeed(streamer, input_ids, ctx.history_BN, pad)
-    ran: tuple[int, float, list[int], list[int], list[int]] | None = None  # the last step, to time
+    ran: tuple | None = None  # the last step (length, start, active rows, counts, drafts, evidence), to time
     while True:
         # the loop's one host sync per iteration: whether every row is done, each row's count and
         # (variable drafts) each row's real drafts
-        synced = [state.done_B.long(), state.num_generated_B] + ([state.draft_len_B] if variable else [])
+        synced = [state.done_B.long(), state.num_generated_B]
+        synced += [state.draft_len_B, state.draft_evidence_B] if variable else []
         done_gen = torch.cat(synced).tolist()
         all_done, counts = all(done_gen[:B]), done_gen[B : 2 * B]
         if ran is not None:  # the step's seconds end at this sync
-            k, t0, active, before, drafts = ran
+            k, t0, active, before, drafts, evidence = ran
             kept = [counts[b] - before[b] - 1 for b in active]
-            policy.observe(k, time.perf_counter() - t0, [drafts[b] for b in active], kept)
+            policy.observe(k, time.perf_counter() - t0, [drafts[b] for b in active], kept,
+                           [evidence[b] for b in active])  # fmt: skip
         stream.put(done_gen[:B], counts, all_done)
         bar.update(sum(counts) - emitted)
         emitted = sum(counts)
@@ -420,9 +424,11 @@ def _decode(
         k = None
         if variable:
             active = [b for b in range(B) if not done_gen[b]]
-            drafts = done_gen[2 * B :]
-            k = policy.choose(max(drafts[b] for b in active))
-            ran = k, time.perf_counter(), active, counts, drafts
+            drafts, evidence = done_gen[2 * B : 3 * B], done_gen[3 * B :]
+            k = policy.choose(
+                max(drafts[b] for b in active), max([evidence[b] for b in active if drafts[b]] or [0])
+            )
+            ran = k, time.perf_counter(), active, counts, drafts, evidence
         step, shapes, size = step_of(k)
         step(Draws.draw(shapes, generator, device), bucket=(rows, size))
         forwards += 1

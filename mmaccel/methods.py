@@ -15,7 +15,7 @@ import torch
 
 from mmaccel.acceptors import Acceptor, ExactMatch, LanternAcceptor, SJDAcceptor, neighbour_table
 from mmaccel.acceptors.lantern import RULES
-from mmaccel.drafters import INITS, Drafter, JacobiDrafter, NoDraft, PromptLookupDrafter
+from mmaccel.drafters import INITS, Drafter, JacobiDrafter, LookaheadDrafter, NoDraft, PromptLookupDrafter
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,22 @@ class PromptLookupConfig(JacobiConfig):
 
 
 @dataclass(frozen=True)
+class LookaheadConfig(JacobiConfig):
+    """Lookahead decoding for text (``mmaccel.drafters.lookahead``): each step verifies
+    ``lookahead_g`` n-gram candidates (``lookahead_n`` tokens with the pending one) from a pool
+    fed by a Jacobi window of ``lookahead_w`` guesses and by the text, all in one forward;
+    lossless. ``window``: ``"auto"`` (a step runs the lookahead block only while measured
+    acceptance makes it pay, else a plain step), or any number >= 1 (every step runs it).
+    """
+
+    name: str = "lookahead"
+    window: int | str = "auto"
+    lookahead_n: int = 3
+    lookahead_w: int = 4
+    lookahead_g: int = 2
+
+
+@dataclass(frozen=True)
 class CoDeConfig:
     """Collaborative decoding of a next-scale (VAR) model pair (CoDe, arXiv 2411.17787).
 
@@ -140,7 +156,7 @@ class MaskedARConfig:
 
 MethodConfig = ARConfig | JacobiConfig | CoDeConfig | CSpDConfig | MaskedARConfig
 # methods whose output is distributed exactly as plain sampling from the target
-LOSSLESS = frozenset({"ar", "jacobi", "sjd", "sjd-coupled", "prompt-lookup"})
+LOSSLESS = frozenset({"ar", "jacobi", "sjd", "sjd-coupled", "prompt-lookup", "lookahead"})
 LANTERN_DEFAULT_DELTA = 0.1  # the budget when neither lantern_delta nor lantern_lambda is given
 ZIPAR_ACCEPTORS = {"zipar": "sjd", "zipar+sjd": "sjd", "zipar+lantern": "lantern"}
 
@@ -154,6 +170,7 @@ METHODS: dict[str, type] = {
     "zipar+sjd": ZipARConfig,
     "zipar+lantern": ZipARConfig,
     "prompt-lookup": PromptLookupConfig,
+    "lookahead": LookaheadConfig,
     "code": CoDeConfig,
     "cspd": CSpDConfig,
 }
@@ -176,6 +193,8 @@ DESCRIPTIONS: dict[str, str] = {
     "prompt-lookup": "text: copy what followed the latest earlier occurrence of the last ngram_max..ngram_min "
     "tokens (prompt lookup decoding; branches > 1: several continuations in one forward), verified by "
     "speculative sampling; lossless",
+    "lookahead": "text: lookahead decoding (arXiv 2402.02057): lookahead_g n-gram candidates from a pool fed by a "
+    "Jacobi window of lookahead_w guesses and by the text, verified in one forward; lossless",
     "code": "collaborative decoding (CoDe, arXiv 2411.17787) of a next-scale (VAR) pair: the large model draws "
     "the first draft_scales scales, the small one the rest; lossy",
     "cspd": "continuous speculative decoding (CSpD, arXiv 2411.11925) of a masked-set (MAR) pair: the draft runs "
@@ -219,6 +238,7 @@ OPTIONS: dict[str, tuple[str, ...]] = {
     "zipar+sjd": ("zipar_window",) + _JACOBI_OPTIONS,
     "zipar+lantern": ("zipar_window",) + _JACOBI_OPTIONS + _LANTERN_OPTIONS,
     "prompt-lookup": ("window", "ngram_max", "ngram_min", "branches"),
+    "lookahead": ("window", "lookahead_n", "lookahead_w", "lookahead_g"),
     "code": ("draft_scales",),
     "cspd": ("gamma", "prefill_ratio", "num_iter", "cspd_kappa"),
 }
@@ -344,6 +364,15 @@ def _validate(config: MethodConfig) -> None:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if config.ngram_min > config.ngram_max:
             raise ValueError(f"ngram_min ({config.ngram_min}) must be <= ngram_max ({config.ngram_max})")
+    if isinstance(config, LookaheadConfig):
+        for name, least in (("lookahead_n", 2), ("lookahead_w", 1), ("lookahead_g", 1)):
+            value = getattr(config, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+        if config.lookahead_w < config.lookahead_n - 1:
+            raise ValueError(
+                f"lookahead_w ({config.lookahead_w}) must be >= lookahead_n - 1 ({config.lookahead_n - 1})"
+            )
     if isinstance(config, ZipARConfig):
         if not isinstance(config.zipar_window, int) or config.zipar_window < 1:
             raise ValueError(f"zipar_window must be an integer >= 1, got {config.zipar_window!r}")
@@ -399,7 +428,7 @@ def codebook_of(lm: Any, method: str) -> torch.Tensor:
 def variable_drafts(config: MethodConfig) -> bool:
     """Whether the method's drafter drafts a varying number of real tokens per step, so each
     step verifies only those (``mmaccel.draft_length``)."""
-    return isinstance(config, PromptLookupConfig)
+    return isinstance(config, PromptLookupConfig | LookaheadConfig)
 
 
 def build(config: MethodConfig, lm: Any = None) -> tuple[Drafter, Acceptor]:
@@ -415,6 +444,8 @@ def build(config: MethodConfig, lm: Any = None) -> tuple[Drafter, Acceptor]:
     if isinstance(config, JacobiConfig) and not isinstance(config, ZipARConfig) and config.window == 0:
         # no drafts: every acceptor then samples p at the pending position, which is plain decoding
         return NoDraft(), ExactMatch()
+    if isinstance(config, LookaheadConfig):
+        return LookaheadDrafter(config.lookahead_n, config.lookahead_w, config.lookahead_g), SJDAcceptor()
     if isinstance(config, PromptLookupConfig):
         drafter = PromptLookupDrafter(config.window, config.ngram_max, config.ngram_min, config.branches)
         return drafter, SJDAcceptor()

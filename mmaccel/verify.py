@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from mmaccel.acceptors import Acceptor
-from mmaccel.acceptors.branches import accept_branches, branch_draws, branch_mask, branch_positions
+from mmaccel.acceptors.branches import accept_branches, branch_draws, branch_mask, branch_positions, const
 from mmaccel.cache import StaticKVCache
 from mmaccel.drafters import Draft, DraftContext, Drafter
 from mmaccel.models import CausalLM
@@ -44,6 +44,7 @@ class DecodeState:
     token_forward_BN: torch.Tensor  # int64: which forward committed each generated token
     forwards_1: torch.Tensor  # int64 [1]: verify forwards so far (the prefill is forward 0)
     draft_len_B: torch.Tensor  # int64: real drafts in the window (``Draft.length_B``; else K)
+    draft_evidence_B: torch.Tensor  # int64: the drafts' evidence level (``Draft.evidence_B``; else 0)
 
     def tensors(self) -> list[torch.Tensor]:
         return [getattr(self, f.name) for f in fields(self)]
@@ -70,15 +71,32 @@ def cfg_rows(x_B: torch.Tensor, sampling: SamplingConfig) -> torch.Tensor:
     return torch.cat([x_B, x_B]) if sampling.cfg_scale is not None else x_B
 
 
+def step_lengths(drafter: Drafter, k: int | None) -> tuple[int, ...]:
+    """Drafts per branch a step of length ``k`` verifies (None: the whole window)."""
+    full = drafter.branch_lengths()
+    return full if k is None else tuple(min(k, n) for n in full)
+
+
+def step_size(drafter: Drafter, k: int | None) -> int:
+    """Tokens one verify step of length ``k`` carries (the pending token included)."""
+    lengths = step_lengths(drafter, k)
+    return 1 + (sum(lengths) if len(lengths) > 1 and min(lengths) > 0 else lengths[0])
+
+
+def _window_index(drafter: Drafter, lengths: tuple[int, ...]) -> list[int]:
+    """Where a step's drafts sit in the window (each branch's first ``lengths[g]``)."""
+    full = drafter.branch_lengths()
+    return [sum(full[:g]) + d for g, n in enumerate(lengths) for d in range(n)]
+
+
 def step_draws(drafter: Drafter, acceptor: Acceptor, B: int, V: int, k: int | None = None) -> Shapes:
-    """Every U[0, 1) number one verify step of B rows with ``k`` drafts (default: the window)
-    consumes, by consumer."""
-    k = drafter.window if k is None else k
-    accept = (
-        branch_draws(B, drafter.branches, k, V)
-        if drafter.branches > 1 and k
-        else acceptor.draws_shapes(B, k, V)
-    )
+    """Every U[0, 1) number one verify step of B rows with ``k`` drafts per branch (default:
+    the window) consumes, by consumer."""
+    lengths = step_lengths(drafter, k)
+    if len(lengths) > 1 and min(lengths) > 0:
+        accept = branch_draws(B, lengths, V)
+    else:
+        accept = acceptor.draws_shapes(B, lengths[0], V)
     return prefixed({"accept": accept, "draft": drafter.update_draws(B, V)})
 
 
@@ -97,36 +115,45 @@ def verify_step(
 ) -> None:
     """One verify step for all rows, in place on ``cache``, ``state`` and ``ctx.history_BN``.
 
-    ``k``: verify only the first k drafts of the window (a ``variable`` drafter's step length,
-    ``mmaccel.draft_length``); None: all of them. Rows already done are still run (shapes stay
+    ``k``: verify only the first k drafts of each branch of the window (a ``variable`` drafter's
+    step length, ``mmaccel.draft_length``); None: all of them. Several branches are verified
+    together (``mmaccel.acceptors.branches``). Rows already done are still run (shapes stay
     static) but emit and commit nothing.
     """
-    B, G, V = state.pending_B.shape[0], drafter.branches, ctx.vocab_size
-    K = drafter.window if k is None else k
-    tokens_BGK = state.draft_tokens_BK.view(B, G, -1)[:, :, :K]
-    draws = Draws.split(draws_N, step_draws(drafter, acceptor, B, V, K))
-    tokens_BT = torch.cat([state.pending_B[:, None], tokens_BGK.reshape(B, G * K)], dim=1)
+    B, V = state.pending_B.shape[0], ctx.vocab_size
+    lengths = step_lengths(drafter, k)
+    branched = len(lengths) > 1 and min(lengths) > 0
+    if not branched:
+        lengths = lengths[:1]
+    index = _window_index(drafter, lengths)
+    drafts_BK = (
+        state.draft_tokens_BK if index == list(range(drafter.window)) else state.draft_tokens_BK[:, index]
+    )
+    draws = Draws.split(draws_N, step_draws(drafter, acceptor, B, V, k))
+    tokens_BT = torch.cat([state.pending_B[:, None], drafts_BK], dim=1)
     T = tokens_BT.shape[1]
     slots_BT = cache.slots(T)
-    if G > 1 and K:  # branches: each sees the pending token and its own drafts, at its own depths
-        pos_BT = slots_BT[:, :1] + branch_positions(G, K, slots_BT.device)[None]
-        mask_BTS = cache.attn_mask(
-            T, branch_mask(G, K, slots_BT.device)[None].expand(slots_BT.shape[0], -1, -1)
+    if branched:  # each branch sees the pending token and its own drafts, at its own depths
+        pos_BT = slots_BT[:, :1] + branch_positions(lengths, slots_BT.device)[None]
+        block_BTT = branch_mask(lengths, slots_BT.device)[None].expand(slots_BT.shape[0], -1, -1)
+        logits = lm.forward(
+            cfg_rows(tokens_BT, sampling), pos_BT, cache, slots_BT, cache.attn_mask(T, block_BTT)
         )
-        logits = lm.forward(cfg_rows(tokens_BT, sampling), pos_BT, cache, slots_BT, mask_BTS)
     else:
         logits = lm.forward(cfg_rows(tokens_BT, sampling), slots_BT, cache, slots_BT, cache.attn_mask(T))
     p_BTV = target_probs(logits, sampling)
-    if G > 1 and K:
-        acc, branch_B = accept_branches(tokens_BGK, p_BTV, draws.sub("accept"))
-        tokens_BK = tokens_BGK.gather(1, branch_B[:, None, None].expand(-1, 1, K))[:, 0]
+    if branched:
+        acc, branch_B, tokens_BK = accept_branches(drafts_BK, lengths, p_BTV, draws.sub("accept"))
         # the kept branch's entries move to the slots right after the pending token
+        K = tokens_BK.shape[1]
         depth_1K = torch.arange(1, K + 1, device=slots_BT.device)[None]
-        branch_all = cfg_rows(branch_B, sampling)[:, None]
-        cache.move(slots_BT[:, :1] + branch_all * K + depth_1K, slots_BT[:, :1] + depth_1K)
+        offset_B1 = cfg_rows(const([sum(lengths[:g]) for g in range(len(lengths))], slots_BT.device)[branch_B],
+                             sampling)[:, None]  # fmt: skip
+        src_BK = (slots_BT[:, :1] + offset_B1 + depth_1K).clamp(max=cache.capacity - 1)
+        cache.move(src_BK, slots_BT[:, :1] + depth_1K)
         q_BKV = None
     else:
-        tokens_BK = tokens_BGK[:, 0]
+        tokens_BK, K = drafts_BK, drafts_BK.shape[1]
         q_BKV = F.one_hot(tokens_BK, V).to(p_BTV.dtype) if drafter.one_hot else state.draft_q_BKV[:, :K]
         acc = acceptor.accept(tokens_BK, q_BKV, p_BTV, draws.sub("accept"))
 
@@ -169,3 +196,5 @@ def verify_step(
         state.draft_q_BKV.copy_(nxt.q_BKV)
     if nxt.length_B is not None:
         state.draft_len_B.copy_(nxt.length_B)
+    if nxt.evidence_B is not None:
+        state.draft_evidence_B.copy_(nxt.evidence_B)

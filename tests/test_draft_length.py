@@ -27,11 +27,11 @@ def run(
     is kept with probability ``keep`` (deterministic: the expected share, rounded per step)."""
     chosen = []
     for i in range(steps):
-        k = policy.choose(longest)
+        k = policy.choose(longest, 1)
         kept = 0
         while kept < k and (i * 7 + kept) % 100 < 100 * keep ** (kept + 1):
             kept += 1
-        policy.observe(k, cost[k], [longest], [kept])
+        policy.observe(k, cost[k], [longest], [kept], [1])
         chosen.append(k)
     return chosen
 
@@ -58,3 +58,14 @@ def test_auto_never_verifies_more_than_the_covering_length(longest):
     policy = LengthPolicy(("short", object(), longest), 16, adaptive=True)
     chosen = run(policy, COST, keep=0.97, steps=30, longest=longest)
     assert max(chosen) == covering(16, longest)
+
+
+def test_acceptance_is_tracked_per_evidence_level():
+    # one-token matches are never kept, three-token matches always are: auto drafts only the latter
+    policy = LengthPolicy(("evidence", object()), 16, adaptive=True)
+    for i in range(80):
+        evidence = 3 if i % 2 else 1
+        k = policy.choose(16, evidence)
+        policy.observe(k, COST[k], [16], [k if evidence == 3 else 0], [evidence])
+    assert policy.choose(16, 1) == 0
+    assert policy.choose(16, 3) == 16

@@ -28,6 +28,7 @@ METHOD_OPTIONS = {
     "sjd-coupled": ("sjd-coupled", dict(window=2, init="horizontal")),
     "prompt-lookup": ("prompt-lookup", dict(window=3, ngram_max=2)),
     "prompt-lookup-branches": ("prompt-lookup", dict(window=2, ngram_max=2, branches=3)),
+    "lookahead": ("lookahead", dict(window=1, lookahead_n=3, lookahead_w=2, lookahead_g=2)),
 }
 
 

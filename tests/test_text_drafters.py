@@ -154,3 +154,30 @@ def test_a_branch_other_than_the_first_is_kept_and_its_cache_entries_moved():
     # the first verify step keeps c2 c3 c4 (branch 1) plus the bonus; with one branch, z is rejected
     assert two.token_forward_index[0, :5].tolist() == [0, 1, 1, 1, 1]
     assert one.token_forward_index[0, :3].tolist() == [0, 1, 2]
+
+
+def test_lookahead_learns_the_cycle_from_its_jacobi_window_and_equals_greedy():
+    # the prompt holds nothing of the cycle: the pool fills from the Jacobi trajectory, then
+    # candidates are kept; the output is the greedy one (batch 1 and 2)
+    model = Bigram(seed=1)
+    ids = torch.tensor([[3, 3, 3], [3, 3, 3]])
+    ar = mmaccel.generate(model, ids, "ar", max_new_tokens=40, do_sample=False)
+    out = mmaccel.generate(model, ids, "lookahead", max_new_tokens=40, do_sample=False, window=1,
+                           lookahead_n=3, lookahead_w=4, lookahead_g=2)  # fmt: skip
+    assert torch.equal(out.sequences, ar.sequences)
+    # ar needs 40 forwards; once the pool holds the cycle's 3-grams, steps emit 3 tokens
+    assert out.num_forward_passes <= 25 and out.accepted_histogram[3] >= 10, out.accepted_histogram
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (dict(lookahead_n=1), "lookahead_n must be an integer >= 2"),
+        (dict(lookahead_n=4, lookahead_w=2), r"lookahead_w \(2\) must be >= lookahead_n - 1 \(3\)"),
+        (dict(lookahead_g=0), "lookahead_g must be an integer >= 1"),
+        (dict(ngram_max=2), "does not take option"),
+    ],
+)
+def test_lookahead_options_are_validated(options, message):
+    with pytest.raises(ValueError, match=message):
+        mmaccel.generate(hf_model("llama"), torch.tensor([[1, 2]]), "lookahead", max_new_tokens=4, **options)

@@ -21,6 +21,8 @@ TEXT_METHODS = [
     ("prompt-lookup", {"window": 5}),
     ("prompt-lookup", {"window": 3, "ngram_max": 1, "ngram_min": 1}),
     ("prompt-lookup", {"window": 3, "branches": 3, "ngram_max": 2, "ngram_min": 1}),
+    ("lookahead", {"window": 1, "lookahead_n": 3, "lookahead_w": 3, "lookahead_g": 2}),
+    ("lookahead", {"lookahead_n": 2, "lookahead_w": 2, "lookahead_g": 3}),
 ]
 
 

@@ -43,11 +43,14 @@ class Draft:
     # int64 [B]: the real drafts (a prefix of the window; the rest is filler), for a drafter whose
     # ``variable`` is True; None: all K are real
     length_B: torch.Tensor | None = None
+    # int64 [B]: how strong the drafter's evidence for the row's drafts is (a small level, e.g.
+    # the matched n-gram's length); acceptance is tracked per level (``mmaccel.draft_length``)
+    evidence_B: torch.Tensor | None = None
 
 
 class Drafter:
-    """Proposes blocks of ``window`` tokens. Subclasses implement ``start``, ``update`` and the
-    shapes of the draws each consumes."""
+    """Proposes blocks of ``window`` tokens (all branches together). Subclasses implement
+    ``start``, ``update`` and the shapes of the draws each consumes."""
 
     window: int = 0
     # whether a step may verify only a prefix of the window (``mmaccel.draft_length``): the drafter
@@ -57,9 +60,18 @@ class Drafter:
     # drafts are deterministic (q one-hot at each draft): the drafter returns ``q_BKV=None`` and
     # the step builds the one-hot q of only the drafts it verifies
     one_hot: bool = False
-    # several branches of ``window`` drafts each, laid out branch after branch in the window and
-    # verified in one forward (``mmaccel.acceptors.branches``); needs ``one_hot``
+    # several branches of drafts (``branch_lengths``), laid out branch after branch in the window
+    # and verified in one forward (``mmaccel.acceptors.branches``); needs ``one_hot``
     branches: int = 1
+
+    def branch_lengths(self) -> tuple[int, ...]:
+        """Drafts in each branch of the window (they add up to ``window``)."""
+        return (self.window // self.branches,) * self.branches
+
+    def step_ladder(self) -> list[int] | None:
+        """For a ``variable`` drafter: the step lengths (drafts per branch) a step may take;
+        None: ``mmaccel.draft_length``'s ladder."""
+        return None
 
     def start_draws(self, B: int, V: int) -> Shapes:
         """U[0, 1) numbers one ``start`` of B rows consumes."""

@@ -78,13 +78,16 @@ class PromptLookupDrafter(Drafter):
             raise ValueError(f"need 1 <= ngram_min <= ngram_max, got {ngram_min}, {ngram_max}")
         if branches < 1:
             raise ValueError(f"branches must be >= 1, got {branches}")
-        self.window, self.ngram_max, self.ngram_min, self.branches = window, ngram_max, ngram_min, branches
+        self.depth, self.ngram_max, self.ngram_min, self.branches = window, ngram_max, ngram_min, branches
+        self.window = window * branches
 
     def propose(self, ctx: DraftContext, pending_B: torch.Tensor) -> Draft:
         text_BL, len_B = text_so_far(ctx)
         score_BL = match_scores(text_BL, len_B, self.ngram_max, self.ngram_min)
-        arange_K = torch.arange(self.window, device=text_BL.device)[None]
+        arange_K = torch.arange(self.depth, device=text_BL.device)[None]
         tokens, lengths = [], []
+        L = text_BL.shape[1]
+        evidence_B = score_BL.amax(1).clamp(min=0) // (L + 1)
         for _ in range(self.branches):  # the best match, then the best whose continuation starts otherwise
             best_B = score_BL.argmax(1)
             start_B = torch.where(score_BL.gather(1, best_B[:, None])[:, 0] >= 0, best_B, -1)
@@ -95,7 +98,8 @@ class PromptLookupDrafter(Drafter):
             lengths.append(known_BK.sum(1))
             first_B = text_BL.gather(1, best_B[:, None])
             score_BL = torch.where(text_BL == first_B, -1, score_BL)
-        return Draft(torch.cat(tokens, 1), None, torch.stack(lengths, 1).amax(1))
+        # evidence: the matched n-gram's length (the first branch's, the best match)
+        return Draft(torch.cat(tokens, 1), None, torch.stack(lengths, 1).amax(1), evidence_B)
 
     def start(self, ctx: DraftContext, pending_B: torch.Tensor, draws: Draws | None = None) -> Draft:
         return self.propose(ctx, pending_B)
