@@ -25,8 +25,12 @@ active one with the state it already syncs, and the step runs with k drafts, k o
   - a call counts its own acceptance too, the process's estimate weighing ``CALL_PRIOR`` steps
     against it: a few rejected drafts in this text outweigh what other texts did;
   - acceptance is counted per evidence level a drafter gives its drafts (``Draft.evidence_B``:
-    prompt lookup's matched n-gram length; lookahead's pool candidates), the step using the
-    strongest level among its rows: a one-token match is a weaker guess than a three-token one;
+    prompt lookup's matched n-gram length; lookahead's pool candidates): a one-token match is a
+    weaker guess than a three-token one;
+  - at batch > 1, every row pays for a longer step but the call ends with its slowest row:
+    tau is the mean of the own tau (its drafts, its evidence) of the rows with the most tokens
+    left (measured: counting every row drafted for rows that then waited for the others, and
+    made batch 4 slower than ``ar``);
   - the acceptance counts of an evidence level decay by ``DECAY`` at each step that verifies
     drafts of that level: the estimates follow the text being written (a summary copies, an
     answer to an open question does not). A level judged not to pay is not drafted again in
@@ -47,6 +51,7 @@ choice. Must never: run inside a step.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
@@ -128,10 +133,16 @@ class LengthPolicy:
             self.reached.get(key, 0) + CALL_PRIOR
         )
 
-    def choose(self, longest: int, evidence: int = 0) -> int:
-        """The length of the next step, given the longest real draft of an active row and the
-        strongest evidence level (``Draft.evidence_B``) among them."""
-        top = min(k for k in self.ladder if k >= min(longest, self.window))
+    def choose(self, drafts: list[int], evidence: list[int], left: list[int] | None = None) -> int:
+        """The length of the next step, given each active row's real drafts, their evidence
+        level (``Draft.evidence_B``) and the tokens each has left to write (``left``; None:
+        all the same). The call ends when its slowest row does, so only the rows with the most
+        left count: drafts of a row that will finish early anyway buy nothing."""
+        if left is not None:
+            most = max(left)
+            drafts = [d for d, n in zip(drafts, left, strict=True) if n == most]
+            evidence = [e for e, n in zip(evidence, left, strict=True) if n == most]
+        top = min(k for k in self.ladder if k >= min(max(drafts), self.window))
         if not self.adaptive or top == 0:
             return top
         candidates = [k for k in self.ladder if k <= top]
@@ -140,13 +151,18 @@ class LengthPolicy:
                 return k
         # a draft must beat plain decoding by MARGIN: its estimates are noisy, and a wrong call
         # would make ``auto`` slower than ``ar``
-        rate = {k: self.tokens(k, longest, evidence) / self.table.cost(k) / (MARGIN if k else 1.0)
+        rate = {k: self.tokens(k, drafts, evidence) / self.table.cost(k) / (MARGIN if k else 1.0)
                 for k in candidates}  # fmt: skip
         return max(candidates, key=lambda k: (rate[k], -k))
 
-    def tokens(self, k: int, longest: int, evidence: int = 0) -> float:
-        """tau(k): expected tokens of a step of length k when the drafts are ``longest`` long."""
-        return 1.0 + sum(self.survival(j, evidence) for j in range(1, min(k, longest) + 1))
+    def tokens(self, k: int, drafts: list[int], evidence: list[int]) -> float:
+        """tau(k): expected tokens per row of a step of length k (every row pays for the step;
+        a row gains only from its own drafts)."""
+        gains = [
+            sum(self.survival(j, e) for j in range(1, min(k, d) + 1))
+            for d, e in zip(drafts, evidence, strict=True)
+        ]
+        return 1.0 + sum(gains) / len(gains)
 
     def observe(
         self, k: int, seconds: float, drafts: list[int], kept: list[int], evidence: list[int]
@@ -165,3 +181,26 @@ class LengthPolicy:
                 for counts, hit in ((self.table.reached, 1), (self.table.kept, n >= j), (self.reached, 1),
                                     (self.kept, n >= j)):  # fmt: skip
                     counts[e, j] = counts.get((e, j), 0) + hit
+
+
+class StepClock:
+    """The decode loop's side of a variable drafter: from what the loop synced after each step
+    (each row's done flag, token count, real drafts and their evidence), credit the step that
+    just ended with its seconds and acceptance, and choose the next step's length."""
+
+    def __init__(self, policy: LengthPolicy, max_new_tokens: int) -> None:
+        self.policy, self.max_new_tokens = policy, max_new_tokens
+        self.last: tuple | None = None  # (length, start time, active rows, counts, drafts, evidence)
+
+    def step(self, done: list[int], counts: list[int], drafts: list[int], evidence: list[int]) -> int:
+        """Credit the last step (its seconds end now); the length of the next one."""
+        if self.last is not None:
+            k, t0, active, before, was_drafts, was_evidence = self.last
+            kept = [counts[b] - before[b] - 1 for b in active]
+            self.policy.observe(k, time.perf_counter() - t0, [was_drafts[b] for b in active], kept,
+                                [was_evidence[b] for b in active])  # fmt: skip
+        active = [b for b, d in enumerate(done) if not d] or [0]
+        left = [self.max_new_tokens - counts[b] for b in active]
+        k = self.policy.choose([drafts[b] for b in active], [evidence[b] for b in active], left)
+        self.last = k, time.perf_counter(), active, counts, drafts, evidence
+        return k

@@ -1,7 +1,7 @@
 """``mmaccel.generate``: decode any supported model with any method through one engine.
 
-Owns: argument validation (all of it before any work starts), prompt packing (rows of
-different lengths, optional CFG doubling), prefill, the outer loop that calls the shared
+Owns: argument validation (all of it before any work starts; the checks themselves are in
+``mmaccel.inputs``), prompt packing (rows of different lengths, optional CFG doubling), prefill, the outer loop that calls the shared
 verify step until every row is done (its single host sync per iteration), and the result.
 
 Must never: decode outside ``verify_step`` or fall back silently to another method.
@@ -19,9 +19,10 @@ from tqdm.auto import tqdm
 
 from mmaccel import draft_length, window
 from mmaccel.compiled import MODES, CompiledStep, record_compiled, record_eager, resolve_mode
-from mmaccel.draft_length import LengthPolicy
+from mmaccel.draft_length import LengthPolicy, StepClock
 from mmaccel.drafters import DraftContext, NoDraft
-from mmaccel.hf import StreamFeed, generation_defaults, refuse_unsupported
+from mmaccel.hf import StreamFeed, refuse_unsupported
+from mmaccel.inputs import check_ids, check_sampling, eos_ids_of, pack, pad_cat, with_defaults
 from mmaccel.methods import (
     OPTIONS,
     CoDeConfig,
@@ -68,80 +69,6 @@ class GenerateOutput:
     def tokens_per_forward(self) -> float:
         """Mean tokens emitted per target forward, per row (prefill included)."""
         return float(self.num_tokens.float().mean() / self.forward_passes_per_row.float().mean())
-
-
-def _check_ids(name: str, ids: Any, mask: Any) -> None:
-    if not isinstance(ids, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of token ids, got {type(ids).__name__}")
-    if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
-        raise TypeError(f"{name} must hold integer token ids, got dtype {ids.dtype}")
-    if ids.dim() != 2:
-        raise ValueError(f"{name} must be 2-D [batch, length], got shape {tuple(ids.shape)}")
-    if ids.numel() == 0:
-        raise ValueError(f"{name} is empty (shape {tuple(ids.shape)}); give at least one token per row")
-    if mask is not None:
-        if not isinstance(mask, torch.Tensor) or mask.shape != ids.shape:
-            raise ValueError(f"attention mask for {name} must be a tensor of shape {tuple(ids.shape)}")
-        if (mask.sum(1) == 0).any():
-            raise ValueError(f"attention mask for {name} leaves a row with no tokens")
-
-
-def _check_sampling(max_new_tokens, temperature, top_k, top_p, cfg_scale) -> None:
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
-    if not isinstance(temperature, int | float) or temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature!r}")
-    if not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
-    if not isinstance(top_k, int) or top_k < 0:
-        raise ValueError(f"top_k must be an integer >= 0 (0 disables it), got {top_k!r}")
-    if cfg_scale is not None and cfg_scale < 0:
-        raise ValueError(f"cfg_scale must be >= 0, got {cfg_scale!r}")
-
-
-# a model without a generation config: mmaccel's own defaults (sampling at temperature 1)
-PROJECT_DEFAULTS = dict(max_new_tokens=64, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-                        eos_token_id=None, pad_token_id=None)  # fmt: skip
-
-
-def _with_defaults(user: dict[str, Any], lm: CausalLM, prompt_T: int) -> dict[str, Any]:
-    """The user's values; where None, the model's generation config as transformers reads it,
-    else ``PROJECT_DEFAULTS``."""
-    gen = getattr(lm, "generation_config", None)
-    base = dict(PROJECT_DEFAULTS)
-    if gen is not None:
-        cfg = generation_defaults(gen)
-        if "max_new_tokens" not in cfg and "max_length" in cfg:  # transformers' max_length is a total length
-            cfg["max_new_tokens"] = max(int(cfg["max_length"]) - prompt_T, 1)
-        base.update(cfg)
-    return {k: v if v is not None else base[k] for k, v in user.items()}
-
-
-def _eos_ids(eos: Any) -> tuple[int, ...]:
-    if eos is None:
-        return ()
-    if isinstance(eos, torch.Tensor):
-        eos = eos.tolist()
-    ids = [eos] if isinstance(eos, int) else eos
-    try:
-        return tuple(int(i) for i in ids)
-    except (TypeError, ValueError):
-        raise ValueError(f"eos_token_id must be an int or a list of ints, got {eos!r}") from None
-
-
-def _pack(ids_BT: torch.Tensor, mask_BT: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Move each row's real tokens to the front (order kept); return them and their counts."""
-    if mask_BT is None:
-        return ids_BT, torch.full((ids_BT.shape[0],), ids_BT.shape[1], dtype=torch.long, device=ids_BT.device)
-    real_BT = mask_BT.bool()
-    order_BT = torch.sort((~real_BT).int(), dim=1, stable=True).indices
-    return ids_BT.gather(1, order_BT), real_BT.sum(1).long()
-
-
-def _pad_cat(a_BT: torch.Tensor, b_BT: torch.Tensor) -> torch.Tensor:
-    T = max(a_BT.shape[1], b_BT.shape[1])
-    pad = lambda x: torch.nn.functional.pad(x, (0, T - x.shape[1]))
-    return torch.cat([pad(a_BT), pad(b_BT)])
 
 
 def generate(
@@ -211,17 +138,17 @@ def generate(
         raise ValueError(not_raster())
     if isinstance(config, CSpDConfig):
         raise ValueError(not_masked())
-    _check_ids("input_ids", input_ids, attention_mask)
+    check_ids("input_ids", input_ids, attention_mask)
     lm = as_causal_lm(model)
     eos_given = eos_token_id is not None
     user = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_k=top_k,
                 top_p=top_p, eos_token_id=eos_token_id, pad_token_id=pad_token_id)  # fmt: skip
-    s = _with_defaults(user, lm, input_ids.shape[1])
+    s = with_defaults(user, lm, input_ids.shape[1])
     max_new_tokens, do_sample, temperature, top_k, top_p = (s[k] for k in list(user)[:5])
-    eos_ids, pad_token_id = _eos_ids(s["eos_token_id"]), s["pad_token_id"]
+    eos_ids, pad_token_id = eos_ids_of(s["eos_token_id"]), s["pad_token_id"]
     if not isinstance(do_sample, bool):
         raise ValueError(f"do_sample must be True or False, got {do_sample!r}")
-    _check_sampling(max_new_tokens, temperature, top_k, top_p, cfg_scale)
+    check_sampling(max_new_tokens, temperature, top_k, top_p, cfg_scale)
     if streamer is not None and not (
         callable(getattr(streamer, "put", None)) and callable(getattr(streamer, "end", None))
     ):
@@ -232,7 +159,7 @@ def generate(
     if (cfg_scale is None) != (uncond_input_ids is None):
         raise ValueError("classifier-free guidance needs both cfg_scale and uncond_input_ids")
     if uncond_input_ids is not None:
-        _check_ids("uncond_input_ids", uncond_input_ids, uncond_attention_mask)
+        check_ids("uncond_input_ids", uncond_input_ids, uncond_attention_mask)
         if uncond_input_ids.shape[0] != input_ids.shape[0]:
             raise ValueError("uncond_input_ids must have as many rows as input_ids")
     grid_width = getattr(config, "grid_width", None) or lm.grid_width
@@ -257,10 +184,10 @@ def generate(
                 f"method {config.name!r} decodes fixed-size images; eos_token_id is not supported"
             )
         eos_ids = ()  # a generation config's EOS does not apply to a fixed-size image
-    ids_BT, lens_B = _pack(input_ids, attention_mask)
+    ids_BT, lens_B = pack(input_ids, attention_mask)
     if uncond_input_ids is not None:
-        u_ids, u_lens = _pack(uncond_input_ids, uncond_attention_mask)
-        ids_BT, lens_B = _pad_cat(ids_BT, u_ids), torch.cat([lens_B, u_lens])
+        u_ids, u_lens = pack(uncond_input_ids, uncond_attention_mask)
+        ids_BT, lens_B = pad_cat(ids_BT, u_ids), torch.cat([lens_B, u_lens])
     longest = int(lens_B.max()) + max_new_tokens
     if longest > lm.max_seq_len:
         raise ValueError(
@@ -403,32 +330,20 @@ def _decode(
     bar.update(emitted)
     pad = pad_token_id if pad_token_id is not None else (eos_ids[0] if eos_ids else 0)
     stream = StreamFeed(streamer, input_ids, ctx.history_BN, pad)
-    ran: tuple | None = None  # the last step (length, start, active rows, counts, drafts, evidence), to time
+    clock = StepClock(policy, max_new_tokens)
     while True:
         # the loop's one host sync per iteration: whether every row is done, each row's count and
-        # (variable drafts) each row's real drafts
+        # (variable drafts) each row's real drafts and their evidence
         synced = [state.done_B.long(), state.num_generated_B]
         synced += [state.draft_len_B, state.draft_evidence_B] if variable else []
         done_gen = torch.cat(synced).tolist()
         all_done, counts = all(done_gen[:B]), done_gen[B : 2 * B]
-        if ran is not None:  # the step's seconds end at this sync
-            k, t0, active, before, drafts, evidence = ran
-            kept = [counts[b] - before[b] - 1 for b in active]
-            policy.observe(k, time.perf_counter() - t0, [drafts[b] for b in active], kept,
-                           [evidence[b] for b in active])  # fmt: skip
+        k = clock.step(done_gen[:B], counts, done_gen[2 * B : 3 * B], done_gen[3 * B :]) if variable else None
         stream.put(done_gen[:B], counts, all_done)
         bar.update(sum(counts) - emitted)
         emitted = sum(counts)
         if all_done:
             break
-        k = None
-        if variable:
-            active = [b for b in range(B) if not done_gen[b]]
-            drafts, evidence = done_gen[2 * B : 3 * B], done_gen[3 * B :]
-            k = policy.choose(
-                max(drafts[b] for b in active), max([evidence[b] for b in active if drafts[b]] or [0])
-            )
-            ran = k, time.perf_counter(), active, counts, drafts, evidence
         step, shapes, size = step_of(k)
         step(Draws.draw(shapes, generator, device), bucket=(rows, size))
         forwards += 1

@@ -26,7 +26,8 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from PIL import Image
 
-from mmaccel.generate import GenerateOutput, _check_sampling, generate
+from mmaccel.generate import GenerateOutput, generate
+from mmaccel.inputs import check_sampling
 from mmaccel.methods import (
     CoDeConfig,
     CSpDConfig,
@@ -211,7 +212,7 @@ def generate_image(
         A PIL image for a single prompt string, a list for a list, or an ``ImageOutput``.
     """
     prompts = _check_prompts(prompt)
-    _check_sampling(1, 1.0 if temperature is None else temperature, top_k, top_p, None)
+    check_sampling(1, 1.0 if temperature is None else temperature, top_k, top_p, None)
     if guidance_scale is not None and (not isinstance(guidance_scale, int | float) or guidance_scale < 0):
         raise ValueError(f"guidance_scale must be a number >= 0, got {guidance_scale!r}")
     image_model = load_model(model) if isinstance(model, str) else model

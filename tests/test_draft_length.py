@@ -17,7 +17,7 @@ def test_lengths_and_covering():
 
 def test_a_pinned_window_verifies_every_real_draft_and_no_more():
     policy = LengthPolicy(("pinned", object()), 10, adaptive=False)
-    assert [policy.choose(L) for L in (0, 2, 7, 10)] == [0, 2, 8, 10]
+    assert [policy.choose([L], [1]) for L in (0, 2, 7, 10)] == [0, 2, 8, 10]
 
 
 def run(
@@ -27,7 +27,7 @@ def run(
     is kept with probability ``keep`` (deterministic: the expected share, rounded per step)."""
     chosen = []
     for i in range(steps):
-        k = policy.choose(longest, 1)
+        k = policy.choose([longest], [1])
         kept = 0
         while kept < k and (i * 7 + kept) % 100 < 100 * keep ** (kept + 1):
             kept += 1
@@ -65,7 +65,12 @@ def test_acceptance_is_tracked_per_evidence_level():
     policy = LengthPolicy(("evidence", object()), 16, adaptive=True)
     for i in range(80):
         evidence = 3 if i % 2 else 1
-        k = policy.choose(16, evidence)
+        k = policy.choose([16], [evidence])
         policy.observe(k, COST[k], [16], [k if evidence == 3 else 0], [evidence])
-    assert policy.choose(16, 1) == 0
-    assert policy.choose(16, 3) == 16
+    assert policy.choose([16], [1]) == 0
+    assert policy.choose([16], [3]) == 16
+    # at batch 2, a row without drafts halves what a long step gains
+    assert policy.tokens(16, [16, 0], [3, 0]) == pytest.approx((policy.tokens(16, [16], [3]) + 1) / 2)
+    # the call waits for the row with the most tokens left: its drafts alone decide
+    assert policy.choose([16, 0], [3, 0], left=[10, 30]) == 0
+    assert policy.choose([16, 0], [3, 0], left=[30, 10]) == 16

@@ -99,7 +99,8 @@ class LookaheadDrafter(Drafter):
         moved_BLW = levels_BLW.gather(2, idx_W.clamp(max=self.w - 1)[:, None].expand_as(levels_BLW))
         fill_BLW = _from_text(text_BL, len_B, r["fill"])
         self.levels_BLW = torch.where((idx_W < self.w)[:, None], moved_BLW, fill_BLW)
-        for i in range(self.w + 1):  # the n-grams that end at an emitted token
+        most = self.w + 1 if p_BTV.shape[1] > 1 else 1  # a plain step emits one token
+        for i in range(most):  # the n-grams that end at an emitted token
             self._add_text_ngram(text_BL, len_B, len_B - 1 - i, i < emitted_B)
         last_B = text_BL.gather(1, (len_B - 1)[:, None])[:, 0]
         return self._draft(last_B)
