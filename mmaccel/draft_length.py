@@ -71,11 +71,6 @@ def lengths(window: int) -> list[int]:
     return sorted({k for k in LADDER if k < window} | {window})
 
 
-def covering(window: int, longest: int) -> int:
-    """The shortest step length that carries ``longest`` drafts (at most ``window``)."""
-    return min(k for k in lengths(window) if k >= min(longest, window))
-
-
 @dataclass
 class Table:
     """What one (method, batch, device) measured: step seconds by length, and acceptance."""
@@ -133,6 +128,10 @@ class LengthPolicy:
             self.reached.get(key, 0) + CALL_PRIOR
         )
 
+    def covering(self, longest: int) -> int:
+        """The shortest step length on the ladder that carries ``longest`` drafts (at most the window)."""
+        return min(k for k in self.ladder if k >= min(longest, self.window))
+
     def choose(self, drafts: list[int], evidence: list[int], left: list[int] | None = None) -> int:
         """The length of the next step, given each active row's real drafts, their evidence
         level (``Draft.evidence_B``) and the tokens each has left to write (``left``; None:
@@ -142,7 +141,7 @@ class LengthPolicy:
             most = max(left)
             drafts = [d for d, n in zip(drafts, left, strict=True) if n == most]
             evidence = [e for e, n in zip(evidence, left, strict=True) if n == most]
-        top = min(k for k in self.ladder if k >= min(max(drafts), self.window))
+        top = self.covering(max(drafts))
         if not self.adaptive or top == 0:
             return top
         candidates = [k for k in self.ladder if k <= top]

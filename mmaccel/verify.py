@@ -72,31 +72,36 @@ def cfg_rows(x_B: torch.Tensor, sampling: SamplingConfig) -> torch.Tensor:
 
 
 def step_lengths(drafter: Drafter, k: int | None) -> tuple[int, ...]:
-    """Drafts per branch a step of length ``k`` verifies (None: the whole window)."""
+    """Drafts per branch a step of length ``k`` verifies (None: the whole window); a single
+    entry when the step is one chain (one branch, or no drafts at all)."""
     full = drafter.branch_lengths()
-    return full if k is None else tuple(min(k, n) for n in full)
+    lengths = full if k is None else tuple(min(k, n) for n in full)
+    return lengths if min(lengths) > 0 else lengths[:1]
 
 
 def step_size(drafter: Drafter, k: int | None) -> int:
     """Tokens one verify step of length ``k`` carries (the pending token included)."""
-    lengths = step_lengths(drafter, k)
-    return 1 + (sum(lengths) if len(lengths) > 1 and min(lengths) > 0 else lengths[0])
+    return 1 + sum(step_lengths(drafter, k))
 
 
-def _window_index(drafter: Drafter, lengths: tuple[int, ...]) -> list[int]:
-    """Where a step's drafts sit in the window (each branch's first ``lengths[g]``)."""
+def _step_drafts(drafter: Drafter, window_BK: torch.Tensor, lengths: tuple[int, ...]) -> torch.Tensor:
+    """The drafts a step verifies: each branch's first ``lengths[g]`` of the window (a slice for
+    one chain; an index made on the device for branches: a captured step copies nothing from the
+    host)."""
     full = drafter.branch_lengths()
-    return [sum(full[:g]) + d for g, n in enumerate(lengths) for d in range(n)]
+    if len(lengths) == 1:
+        return window_BK[:, : lengths[0]]
+    if lengths == full:
+        return window_BK
+    index = [sum(full[:g]) + d for g, n in enumerate(lengths) for d in range(n)]
+    return window_BK[:, const(index, window_BK.device)]
 
 
 def step_draws(drafter: Drafter, acceptor: Acceptor, B: int, V: int, k: int | None = None) -> Shapes:
     """Every U[0, 1) number one verify step of B rows with ``k`` drafts per branch (default:
     the window) consumes, by consumer."""
     lengths = step_lengths(drafter, k)
-    if len(lengths) > 1 and min(lengths) > 0:
-        accept = branch_draws(B, lengths, V)
-    else:
-        accept = acceptor.draws_shapes(B, lengths[0], V)
+    accept = branch_draws(B, lengths, V) if len(lengths) > 1 else acceptor.draws_shapes(B, lengths[0], V)
     return prefixed({"accept": accept, "draft": drafter.update_draws(B, V)})
 
 
@@ -122,13 +127,8 @@ def verify_step(
     """
     B, V = state.pending_B.shape[0], ctx.vocab_size
     lengths = step_lengths(drafter, k)
-    branched = len(lengths) > 1 and min(lengths) > 0
-    if not branched:
-        lengths = lengths[:1]
-    index = _window_index(drafter, lengths)
-    drafts_BK = (
-        state.draft_tokens_BK if index == list(range(drafter.window)) else state.draft_tokens_BK[:, index]
-    )
+    branched = len(lengths) > 1
+    drafts_BK = _step_drafts(drafter, state.draft_tokens_BK, lengths)
     draws = Draws.split(draws_N, step_draws(drafter, acceptor, B, V, k))
     tokens_BT = torch.cat([state.pending_B[:, None], drafts_BK], dim=1)
     T = tokens_BT.shape[1]

@@ -6,13 +6,14 @@ from __future__ import annotations
 import pytest
 
 from mmaccel import draft_length
-from mmaccel.draft_length import LengthPolicy, covering, lengths
+from mmaccel.draft_length import LengthPolicy, lengths
 
 
 def test_lengths_and_covering():
     assert lengths(10) == [0, 1, 2, 4, 8, 10]
     assert lengths(16) == [0, 1, 2, 4, 8, 16]
-    assert [covering(10, L) for L in (0, 1, 3, 5, 9, 10, 30)] == [0, 1, 4, 8, 10, 10, 10]
+    covering = LengthPolicy(("covering", object()), 10, adaptive=False).covering
+    assert [covering(L) for L in (0, 1, 3, 5, 9, 10, 30)] == [0, 1, 4, 8, 10, 10, 10]
 
 
 def test_a_pinned_window_verifies_every_real_draft_and_no_more():
@@ -57,7 +58,7 @@ def test_auto_drafts_long_when_drafts_are_kept():
 def test_auto_never_verifies_more_than_the_covering_length(longest):
     policy = LengthPolicy(("short", object(), longest), 16, adaptive=True)
     chosen = run(policy, COST, keep=0.97, steps=30, longest=longest)
-    assert max(chosen) == covering(16, longest)
+    assert max(chosen) == policy.covering(longest)
 
 
 def test_acceptance_is_tracked_per_evidence_level():

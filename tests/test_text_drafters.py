@@ -7,7 +7,7 @@ import torch
 
 import mmaccel
 from mmaccel.cache import StaticKVCache
-from mmaccel.drafters import DraftContext, PromptLookupDrafter
+from mmaccel.drafters import DraftContext, LookaheadDrafter, PromptLookupDrafter
 
 from .test_text_generate import hf_model
 
@@ -181,3 +181,34 @@ def test_lookahead_learns_the_cycle_from_its_jacobi_window_and_equals_greedy():
 def test_lookahead_options_are_validated(options, message):
     with pytest.raises(ValueError, match=message):
         mmaccel.generate(hf_model("llama"), torch.tensor([[1, 2]]), "lookahead", max_new_tokens=4, **options)
+
+
+def most_recent_distinct(text: list[int], n: int, g: int) -> dict[int, list[tuple[int, ...]]]:
+    """Per first token, its g most recently seen distinct continuations, oldest first."""
+    pools: dict[int, list[tuple[int, ...]]] = {}
+    for j in range(len(text) - n + 1):
+        kept = pools.setdefault(text[j], [])
+        value = tuple(text[j + 1 : j + n])
+        if value in kept:
+            kept.remove(value)
+        kept.append(value)
+        del kept[:-g]
+    return pools
+
+
+@pytest.mark.parametrize(("n", "g"), [(2, 2), (3, 2), (4, 3), (2, 4)])
+def test_lookahead_pool_starts_with_the_prompts_most_recent_distinct_ngrams(n, g):
+    torch.manual_seed(n * 10 + g)
+    vocab, B, P = 5, 3, 60
+    prompt, lens = torch.randint(0, vocab, (B, P)), torch.tensor([60, 41, 23])
+    ctx = DraftContext(vocab, None, None, torch.randint(0, vocab, (B, 8)), torch.ones(B, dtype=torch.long), prompt,
+                       lens)  # fmt: skip
+    drafter = LookaheadDrafter(n=n, w=max(n - 1, 2), g=g)
+    drafter.start(ctx, torch.zeros(B, dtype=torch.long))
+    for r in range(B):
+        expected = most_recent_distinct(prompt[r, : lens[r]].tolist() + [int(ctx.history_BN[r, 0])], n, g)
+        for key in range(vocab):
+            stored = [
+                tuple(drafter.pool_BVGn[r, key, i].tolist()) for i in range(int(drafter.count_BV[r, key]))
+            ]
+            assert stored == expected.get(key, []), (r, key)

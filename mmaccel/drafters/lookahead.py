@@ -17,7 +17,7 @@ each of its tokens the model's guess given the one before it one iteration earli
 window is (argmax at the pending token, y_0, ..., y_{W-2}); the oldest level is dropped; every
 level then moves left by the tokens the step emitted, and slots that enter at the right are
 filled with tokens drawn uniformly from the text so far (the paper's initialisation). The
-pool also receives every n-gram of the prompt and of the emitted text. It keeps, per first
+pool also receives every n-gram of the prompt (at ``start``) and of the emitted text. It keeps, per first
 token, the G most recent distinct continuations, which are the next step's candidates.
 
 Drafts are deterministic given everything before the step (argmax, pool, draws made before),
@@ -75,9 +75,60 @@ class LookaheadDrafter(Drafter):
         self.levels_BLW = _from_text(text_BL, len_B, r["fill"])
         self.pool_BVGn = torch.zeros(B, V, self.g, self.n - 1, dtype=torch.long, device=device)
         self.count_BV = torch.zeros(B, V, dtype=torch.long, device=device)
-        for e in range(self.n - 1, text_BL.shape[1]):  # every n-gram of the prompt (and first token)
-            self._add_text_ngram(text_BL, len_B, torch.full_like(len_B, e))
+        self._fill_from_text(text_BL, len_B)
         return self._draft(pending_B)
+
+    def _fill_from_text(self, text_BL: torch.Tensor, len_B: torch.Tensor) -> None:
+        """Fill the empty pool from every n-gram of the text in one pass (a loop of ``_insert``
+        over a 500-token prompt took 120 ms): per first token, its G most recently seen distinct
+        continuations, the oldest in slot 0, the ring's next victim. (``_insert`` later skips a
+        continuation already stored instead of making it the most recent.) Lexicographic order by
+        successive stable sorts; no loop over the text."""
+        B, L = text_BL.shape
+        J, V = max(L - self.n + 1, 0), self.pool_BVGn.shape[1]
+        if J == 0:
+            return
+        grams_BJn = text_BL.unfold(1, self.n, 1)  # n-gram j covers j .. j + n - 1
+        valid_BJ = torch.arange(J, device=text_BL.device)[None] + self.n - 1 < len_B[:, None]
+        key_BJ = torch.where(valid_BJ, grams_BJn[..., 0], V)  # invalid ones sort last
+        # newest first, then by continuation, then by key: equal (key, continuation) runs start
+        # at their most recent occurrence
+        order_BJ = torch.arange(J - 1, -1, -1, device=text_BL.device).expand(B, J)
+        for t in range(self.n - 1, -1, -1):
+            column_BJ = key_BJ if t == 0 else grams_BJn[..., t]
+            order_BJ = order_BJ.gather(1, column_BJ.gather(1, order_BJ).sort(dim=1, stable=True).indices)
+        key_s, gram_s = (
+            key_BJ.gather(1, order_BJ),
+            grams_BJn.gather(1, order_BJ[..., None].expand(-1, -1, self.n)),
+        )
+        first_BJ = torch.ones_like(valid_BJ)
+        first_BJ[:, 1:] = (gram_s[:, 1:] != gram_s[:, :-1]).any(-1)
+        kept_BJ = first_BJ & (key_s < V)
+        # the kept ones by key, newest first: rank within the key
+        kept_pos_BJ = torch.where(kept_BJ, order_BJ, -1)
+        newest_BJ = kept_pos_BJ.sort(dim=1, descending=True, stable=True).indices
+        by_key_BJ = newest_BJ.gather(
+            1, torch.where(kept_BJ, key_s, V).gather(1, newest_BJ).sort(dim=1, stable=True).indices
+        )
+        key_k = torch.where(kept_BJ, key_s, V).gather(1, by_key_BJ)
+        gram_k = gram_s.gather(1, by_key_BJ[..., None].expand(-1, -1, self.n))
+        i_J = torch.arange(J, device=text_BL.device)[None]
+        starts_BJ = torch.where(
+            torch.cat([torch.ones_like(key_k[:, :1], dtype=torch.bool), key_k[:, 1:] != key_k[:, :-1]], 1),
+            i_J,
+            0,
+        )
+        rank_BJ = i_J - starts_BJ.cummax(1).values
+        write_BJ = (key_k < V) & (rank_BJ < self.g)
+        rows_BJ = torch.arange(B, device=text_BL.device)[:, None].expand(B, J)
+        key_w = key_k.clamp(max=V - 1)
+        kept_per_key = torch.zeros(B, V, dtype=torch.long, device=text_BL.device)
+        kept_per_key.index_put_(
+            (rows_BJ[write_BJ], key_w[write_BJ]), torch.ones_like(key_w[write_BJ]), accumulate=True
+        )
+        slot_BJ = kept_per_key[rows_BJ, key_w] - 1 - rank_BJ
+        self.pool_BVGn[rows_BJ[write_BJ], key_w[write_BJ], slot_BJ[write_BJ]] = gram_k[..., 1:][write_BJ]
+        self.count_BV.copy_(kept_per_key)
 
     def update(self, ctx, draft, p_BTV: torch.Tensor, acc: Acceptance, draws: Draws | None = None) -> Draft:
         B, V, device = p_BTV.shape[0], ctx.vocab_size, p_BTV.device
